@@ -1,0 +1,506 @@
+//! [`Context`]: the public handle to one node of the tree.
+
+use std::any::Any;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::ptr::NonNull;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::after_func::AfterFunc;
+use crate::error::{into_cause, Cause, Error};
+use crate::handle::CancelHandle;
+use crate::node::values::{self, value_head};
+use crate::node::wait::{self, Done};
+use crate::node::{derive, scope_of, CancelNode, Header, NodeRef};
+
+/// A handle to one node of the context tree: cancellation, a deadline, a
+/// cause and request-scoped values, shared across threads and async tasks.
+///
+/// Cheap to clone (one atomic increment); every clone observes the same
+/// node. `Send + Sync + 'static`. [`Default`] is [`Context::background`].
+///
+/// Go equivalent: `context.Context`.
+///
+/// ```
+/// use std::time::Duration;
+/// use ctxtree::{Context, Error};
+///
+/// #[derive(Debug, PartialEq)]
+/// struct RequestId(u64);
+///
+/// let root = Context::background().with_value(RequestId(7));
+/// let (ctx, cancel) = root.with_timeout(Duration::from_secs(30));
+/// assert_eq!(ctx.value::<RequestId>(), Some(&RequestId(7)));
+/// assert!(!ctx.is_done());
+/// cancel.cancel();
+/// assert_eq!(ctx.err(), Err(Error::Canceled));
+/// ```
+pub struct Context {
+    pub(crate) node: Option<NodeRef>,
+    /// The nearest cancellable ancestor-or-self of `node`, cached so
+    /// `is_done` is one load of its state word. Kept alive by `node`.
+    pub(crate) scope: Option<NonNull<CancelNode>>,
+    /// For roots: `todo()` rather than `background()`.
+    pub(crate) todo: bool,
+}
+
+// SAFETY: `scope` points at `node` or one of its ancestors, which `node`
+// keeps alive; nodes are `Send + Sync` (see `node::Header`).
+unsafe impl Send for Context {}
+// SAFETY: as above.
+unsafe impl Sync for Context {}
+
+impl Context {
+    pub(crate) fn from_node(node: NodeRef, todo: bool) -> Context {
+        let scope = scope_of(node.ptr());
+        Context {
+            node: Some(node),
+            scope,
+            todo,
+        }
+    }
+
+    pub(crate) fn scope_ref(&self) -> Option<&CancelNode> {
+        // SAFETY: kept alive by `self.node`.
+        self.scope.map(|s| unsafe { &*s.as_ptr() })
+    }
+
+    pub(crate) fn value_head(&self) -> Option<NonNull<Header>> {
+        self.node.as_ref().and_then(|n| value_head(n.ptr()))
+    }
+
+    /// Gives up the node reference without releasing it (see `node::die`).
+    pub(crate) fn into_node_ptr(self) -> Option<NonNull<Header>> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again.
+        unsafe { std::ptr::read(&this.node) }.map(NodeRef::into_raw)
+    }
+
+    // ---- roots ------------------------------------------------------
+
+    /// The root context: never done, no deadline, no values. Makes no
+    /// allocation.
+    ///
+    /// Go equivalent: `context.Background()`.
+    ///
+    /// ```
+    /// let ctx = ctxtree::Context::background();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(format!("{ctx:?}"), "context.Background");
+    /// ```
+    #[inline]
+    pub fn background() -> Context {
+        Context {
+            node: None,
+            scope: None,
+            todo: false,
+        }
+    }
+
+    /// Like [`background`](Context::background), for code that does not
+    /// know yet which context to use; only its Debug text differs.
+    ///
+    /// Go equivalent: `context.TODO()`.
+    ///
+    /// ```
+    /// assert_eq!(format!("{:?}", ctxtree::Context::todo()), "context.TODO");
+    /// ```
+    #[inline]
+    pub fn todo() -> Context {
+        Context {
+            node: None,
+            scope: None,
+            todo: true,
+        }
+    }
+
+    // ---- derivation -------------------------------------------------
+
+    /// A child that is done when this context is, or when the returned
+    /// handle is cancelled. One allocation and one compare-exchange on the
+    /// parent's list; no lock.
+    ///
+    /// Go equivalent: `context.WithCancel(parent)`.
+    ///
+    /// ```
+    /// let parent = ctxtree::Context::background();
+    /// let (ctx, cancel) = parent.with_cancel();
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// assert!(!parent.is_done());
+    /// ```
+    pub fn with_cancel(&self) -> (Context, CancelHandle) {
+        let (ctx, node) = derive::with_cancel(self);
+        (ctx, CancelHandle::new(node))
+    }
+
+    /// A child that is done at `deadline` at the latest
+    /// ([`Error::DeadlineExceeded`]). If this context's deadline is earlier,
+    /// the child just inherits it (and its Debug text says `.WithCancel`,
+    /// as in Go); if `deadline` has passed, the child is done on creation.
+    ///
+    /// Go equivalent: `context.WithDeadline(parent, d)`.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let d = Instant::now() + Duration::from_secs(60);
+    /// let (ctx, _cancel) = ctxtree::Context::background().with_deadline(d);
+    /// assert_eq!(ctx.deadline(), Some(d));
+    /// ```
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
+        self.deadline_child(Some(deadline), None)
+    }
+
+    /// `with_deadline(Instant::now() + timeout)`. A timeout too large to
+    /// represent (`Duration::MAX`) means "no deadline": it never fires and
+    /// never panics.
+    ///
+    /// Go equivalent: `context.WithTimeout(parent, timeout)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::Error;
+    /// let (ctx, _cancel) = ctxtree::Context::background().with_timeout(Duration::ZERO);
+    /// assert_eq!(ctx.err(), Err(Error::DeadlineExceeded));
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
+        self.deadline_child(Instant::now().checked_add(timeout), None)
+    }
+
+    /// [`with_deadline`](Context::with_deadline), with the cause reported by
+    /// [`cause`](Context::cause) when the deadline fires.
+    ///
+    /// Go equivalent: `context.WithDeadlineCause(parent, d, cause)`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// let (ctx, _c) = ctxtree::Context::background()
+    ///     .with_deadline_cause(Instant::now(), "upstream too slow");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "upstream too slow");
+    /// ```
+    pub fn with_deadline_cause<E>(&self, deadline: Instant, cause: E) -> (Context, CancelHandle)
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        self.deadline_child(Some(deadline), Some(into_cause(cause)))
+    }
+
+    /// [`with_timeout`](Context::with_timeout), with a cause.
+    ///
+    /// Go equivalent: `context.WithTimeoutCause(parent, timeout, cause)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (ctx, _c) = ctxtree::Context::background()
+    ///     .with_timeout_cause(Duration::ZERO, "budget spent");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "budget spent");
+    /// ```
+    pub fn with_timeout_cause<E>(&self, timeout: Duration, cause: E) -> (Context, CancelHandle)
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        self.deadline_child(Instant::now().checked_add(timeout), Some(into_cause(cause)))
+    }
+
+    fn deadline_child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
+        match deadline {
+            Some(d) if self.deadline().is_none_or(|parent| d < parent) => {
+                let (ctx, node) = derive::with_deadline(self, d, cause);
+                (ctx, CancelHandle::new(node))
+            }
+            // Unrepresentable, or no earlier than the parent's: Go's rule is
+            // a plain cancellable child.
+            _ => self.with_cancel(),
+        }
+    }
+
+    /// A child carrying `value`, keyed by its type `T` (use newtypes as
+    /// keys). It is done exactly when this context is.
+    ///
+    /// Go equivalent: `context.WithValue(parent, key, val)`.
+    ///
+    /// ```
+    /// struct User(&'static str);
+    /// let ctx = ctxtree::Context::background().with_value(User("ada"));
+    /// assert_eq!(ctx.value::<User>().map(|u| u.0), Some("ada"));
+    /// ```
+    pub fn with_value<T: Any + Send + Sync>(&self, value: T) -> Context {
+        derive::with_value(self, value)
+    }
+
+    /// A child that keeps this context's values and nothing else: never
+    /// done, no deadline. Its own descendants are cancellable as usual.
+    ///
+    /// Go equivalent: `context.WithoutCancel(parent)`.
+    ///
+    /// ```
+    /// let (ctx, cancel) = ctxtree::Context::background().with_value(5u8).with_cancel();
+    /// let detached = ctx.without_cancel();
+    /// cancel.cancel();
+    /// assert!(!detached.is_done());
+    /// assert_eq!(detached.value::<u8>(), Some(&5));
+    /// ```
+    pub fn without_cancel(&self) -> Context {
+        derive::without_cancel(self)
+    }
+
+    /// A context done as soon as either `self` or `other` is (with the err
+    /// and cause of whichever finished first; `self`'s if both already are),
+    /// or its own handle is cancelled. Its deadline is the earlier of the
+    /// two; values are looked up in `self`'s chain, then `other`'s. No
+    /// thread or goroutine is needed, and once done or dropped it leaves
+    /// both parents' lists.
+    ///
+    /// Go equivalent: none in the standard library (proposal #36503).
+    ///
+    /// ```
+    /// let (a, cancel_a) = ctxtree::Context::background().with_cancel();
+    /// let (b, _cancel_b) = ctxtree::Context::background().with_cancel();
+    /// let (both, _cancel) = a.merge(&b);
+    /// cancel_a.cancel();
+    /// assert!(both.is_done());
+    /// ```
+    pub fn merge(&self, other: &Context) -> (Context, CancelHandle) {
+        let (ctx, node) = derive::merge(self, other);
+        (ctx, CancelHandle::new(node))
+    }
+
+    /// Runs `f` once, after this context is done, unless
+    /// [`AfterFunc::stop`] wins first. If the context is already done, `f`
+    /// runs at once on this thread; otherwise on the thread that completes
+    /// the cancellation (or the timer thread), synchronously, with nothing
+    /// internal held.
+    ///
+    /// Go equivalent: `context.AfterFunc(ctx, f)` (which runs `f` in a new
+    /// goroutine).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// let r = ran.clone();
+    /// let _af = ctx.after_func(move || r.store(true, Ordering::SeqCst));
+    /// cancel.cancel();
+    /// assert!(ran.load(Ordering::SeqCst));
+    /// ```
+    pub fn after_func<F: FnOnce() + Send + 'static>(&self, f: F) -> AfterFunc {
+        AfterFunc::register(self, Box::new(f))
+    }
+
+    // ---- observation ------------------------------------------------
+
+    /// Whether the context is done. One Acquire load; never blocks.
+    ///
+    /// Go equivalent: `ctx.Err() != nil`.
+    ///
+    /// ```
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        match self.scope {
+            // SAFETY: kept alive by `self.node`.
+            Some(scope) => unsafe { scope.as_ref() }.state.load().is_done(),
+            None => false,
+        }
+    }
+
+    /// `Ok(())` while not done; then why it is done. Consistent with
+    /// [`cause`](Context::cause) and [`is_done`](Context::is_done) at every
+    /// instant, even while a cancellation races with the read.
+    ///
+    /// Go equivalent: `ctx.Err()`.
+    ///
+    /// ```
+    /// use ctxtree::Error;
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), Ok(()));
+    /// cancel.cancel();
+    /// assert_eq!(ctx.err(), Err(Error::Canceled));
+    /// ```
+    #[inline]
+    pub fn err(&self) -> Result<(), Error> {
+        match self.scope {
+            // SAFETY: kept alive by `self.node`.
+            Some(scope) => unsafe { scope.as_ref() }.state.load().err(),
+            None => Ok(()),
+        }
+    }
+
+    /// `None` while not done; then the cause given to
+    /// [`CancelHandle::cancel_with_cause`] or a `with_*_cause` constructor,
+    /// or `Arc::new(err)` when none was given. Every descendant cancelled by
+    /// the same cancellation returns the same `Arc`.
+    ///
+    /// Go equivalent: `context.Cause(ctx)`.
+    ///
+    /// ```
+    /// use ctxtree::Error;
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// cancel.cancel();
+    /// let cause = ctx.cause().unwrap();
+    /// assert_eq!(cause.downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
+    pub fn cause(&self) -> Option<Cause> {
+        let scope = self.scope?;
+        // SAFETY: kept alive by `self.node`, and so is the owner of any
+        // record the word borrows (invariant 2).
+        unsafe { scope.as_ref().state.load().cause() }
+    }
+
+    /// The deadline in force, if any.
+    ///
+    /// Go equivalent: `ctx.Deadline()`.
+    ///
+    /// ```
+    /// assert_eq!(ctxtree::Context::background().deadline(), None);
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        // SAFETY: `self.node` is held.
+        unsafe { values::deadline(self.node.as_ref().map(NodeRef::ptr)) }
+    }
+
+    /// The nearest value of type `T` in this context or its ancestors.
+    /// Costs O(number of value and merge layers), independent of the number
+    /// of cancel and deadline layers in between.
+    ///
+    /// Go equivalent: `ctx.Value(key)`.
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq)]
+    /// struct TraceId(u32);
+    /// let ctx = ctxtree::Context::background().with_value(TraceId(1)).with_value(TraceId(2));
+    /// assert_eq!(ctx.value::<TraceId>(), Some(&TraceId(2)));
+    /// assert_eq!(ctx.value::<String>(), None);
+    /// ```
+    pub fn value<T: Any + Send + Sync>(&self) -> Option<&T> {
+        // SAFETY: `self` holds the chain for the returned borrow.
+        unsafe { values::lookup::<T>(self.value_head()) }
+    }
+
+    // ---- waiting ----------------------------------------------------
+
+    /// A future that completes with the context's [`Error`] once it is
+    /// done. Owned, `Unpin` and `'static`: store it, move it to another task,
+    /// poll it on any executor.
+    ///
+    /// Go equivalent: `<-ctx.Done()`.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert_eq!(ctx.done().await, ctxtree::Error::Canceled);
+    /// # });
+    /// ```
+    pub fn done(&self) -> Done {
+        Done::new(self.clone())
+    }
+
+    /// Blocks the thread (parked, no spinning) until the context is done.
+    /// On a context that can never be done this blocks forever, like
+    /// receiving from Go's nil `Done()` channel.
+    ///
+    /// Go equivalent: `<-ctx.Done(); return ctx.Err()`.
+    ///
+    /// ```
+    /// let (ctx, cancel) = ctxtree::Context::background().with_cancel();
+    /// std::thread::spawn(move || cancel.cancel());
+    /// assert_eq!(ctx.wait(), ctxtree::Error::Canceled);
+    /// ```
+    pub fn wait(&self) -> Error {
+        loop {
+            if let Some(err) = wait::wait_until(self, None) {
+                return err;
+            }
+        }
+    }
+
+    /// Blocks until the context is done (`Some(err)`) or `timeout` passes
+    /// (`None`).
+    ///
+    /// Go equivalent: `select { case <-ctx.Done(): case <-time.After(t): }`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (ctx, _cancel) = ctxtree::Context::background().with_cancel();
+    /// assert_eq!(ctx.wait_timeout(Duration::from_millis(1)), None);
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Error> {
+        wait::wait_until(self, Instant::now().checked_add(timeout))
+    }
+
+    /// Blocks until the context is done (`Some(err)`) or `deadline` passes
+    /// (`None`).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// let (ctx, _cancel) = ctxtree::Context::background().with_cancel();
+    /// assert_eq!(ctx.wait_deadline(Instant::now()), None);
+    /// ```
+    pub fn wait_deadline(&self, deadline: Instant) -> Option<Error> {
+        wait::wait_until(self, Some(deadline))
+    }
+
+    /// Runs `fut` until it completes (`Ok`) or the context is done (`Err`).
+    /// If the context is done at the first poll, `fut` is never polled;
+    /// after that `fut` is polled first on each wake-up, so a future that
+    /// completes in the same poll as the cancellation returns `Ok`. The
+    /// returned future is `Send` when `fut` is.
+    ///
+    /// Go equivalent: `select { case r := <-work: case <-ctx.Done(): }`.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let ctx = ctxtree::Context::background();
+    /// assert_eq!(ctx.run_until_done(async { 42 }).await, Ok(42));
+    /// # });
+    /// ```
+    pub async fn run_until_done<F: Future>(&self, fut: F) -> Result<F::Output, Error> {
+        self.err()?;
+        let mut fut = pin!(fut);
+        let mut done = self.done();
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            match Pin::new(&mut done).poll(cx) {
+                Poll::Ready(err) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Clone for Context {
+    #[inline]
+    fn clone(&self) -> Self {
+        Context {
+            node: self.node.clone(),
+            scope: self.scope,
+            todo: self.todo,
+        }
+    }
+}
+
+impl Default for Context {
+    /// [`Context::background`].
+    fn default() -> Self {
+        Context::background()
+    }
+}
+
+impl fmt::Debug for Context {
+    /// Go's `String()`: `context.Background.WithValue(my_app::RequestId).WithCancel`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: `self.node` is held.
+        unsafe { values::describe(f, self.node.as_ref().map(NodeRef::ptr), self.todo) }
+    }
+}

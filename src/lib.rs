@@ -1,0 +1,124 @@
+//! # ctxtree
+//!
+//! Go's `context` package for Rust: a tree of contexts carrying
+//! cancellation, deadlines, causes and request-scoped values across threads
+//! and async tasks — lock-free, and model-checked with loom.
+//!
+//! ## The problem
+//!
+//! A server request fans out into tasks, threads and downstream calls. When
+//! the client goes away, the deadline passes or the server shuts down, all
+//! of that work should stop, promptly and with a reason. Go solves this with
+//! `context.Context`; Rust servers usually hand-roll it, or use
+//! tokio-util's `CancellationToken` (no deadlines, causes or values, and a
+//! mutex on every derive and cancel).
+//!
+//! ## The model
+//!
+//! A [`Context`] is a handle to a node of a tree. Deriving
+//! ([`with_cancel`](Context::with_cancel),
+//! [`with_timeout`](Context::with_timeout),
+//! [`with_value`](Context::with_value), [`merge`](Context::merge), …)
+//! creates a child. Cancelling a node — through its [`CancelHandle`], its
+//! deadline, or an ancestor — makes it and every descendant done, with an
+//! [`Error`] and a [`Cause`]. Observe it with
+//! [`is_done`](Context::is_done) (one atomic load), wait for it with
+//! [`wait`](Context::wait) (threads) or [`done`](Context::done) (async), or
+//! react to it with [`after_func`](Context::after_func).
+//!
+//! ```
+//! use std::time::Duration;
+//! use ctxtree::{Context, Error};
+//!
+//! #[derive(Debug)]
+//! struct RequestId(u64);
+//!
+//! let server = Context::background();
+//! let (request, finish) = server
+//!     .with_value(RequestId(42))
+//!     .with_timeout(Duration::from_secs(30));
+//!
+//! let worker = {
+//!     let ctx = request.clone();
+//!     std::thread::spawn(move || {
+//!         // ... work, checking ctx.is_done() between steps ...
+//!         let err = ctx.wait();
+//!         (ctx.value::<RequestId>().map(|r| r.0), err)
+//!     })
+//! };
+//! finish.cancel_with_cause("request finished");
+//! assert_eq!(worker.join().unwrap(), (Some(42), Error::Canceled));
+//! assert_eq!(request.cause().unwrap().to_string(), "request finished");
+//! ```
+//!
+//! ## Guarantees
+//!
+//! - The first cancellation wins; every descendant is done before
+//!   `cancel()` returns, with the same err and the same cause `Arc`.
+//! - `is_done()`, `err()` and `cause()` never disagree, even mid-race.
+//! - Deriving, dropping and cancelling take no lock; cancellation and drop
+//!   never recurse (a 1,000,000-deep chain works on a 256 KiB stack).
+//! - A context nothing can observe any more is unlinked and freed, with its
+//!   timer: forgetting to cancel never leaks. Values and causes are dropped
+//!   as soon as the last handle that can reach them is.
+//! - Deadlines fire from one lazily started timer thread (`ctxtree-timer`).
+//!
+//! ## Trade-offs and caveats
+//!
+//! - `after_func` callbacks run synchronously inside the `cancel()` that
+//!   completes the cancellation (Go starts a goroutine): keep them short.
+//! - Reading several properties is not one atomic snapshot: `is_done()`
+//!   then `deadline()` may straddle a cancellation.
+//! - Deadline contexts arm and disarm their timer under the timer wheel's
+//!   mutex (O(1), never held while user code runs); that is the only lock.
+//!
+//! The algorithm, its invariants and its memory-ordering argument are in
+//! `docs/DESIGN.md`.
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod after_func;
+mod context;
+mod error;
+mod handle;
+mod node;
+mod sync;
+#[cfg(not(loom))]
+mod timer;
+
+pub use crate::after_func::AfterFunc;
+pub use crate::context::Context;
+pub use crate::error::{Cause, Error};
+pub use crate::handle::{CancelGuard, CancelHandle};
+pub use crate::node::wait::Done;
+
+/// Internal hooks for the crate's own loom models, tests and benchmarks.
+/// Not part of the API: no stability promise.
+#[doc(hidden)]
+pub mod __private {
+    use crate::context::Context;
+
+    /// Fires the deadline of `ctx` as the timer thread would (loom models
+    /// call this from a loom thread). Returns false if `ctx` is not a
+    /// deadline context or already dead.
+    pub fn fire_deadline(ctx: &Context) -> bool {
+        crate::node::timer_glue::fire_context(ctx)
+    }
+
+    /// Number of armed timer entries in the global wheel.
+    #[cfg(not(loom))]
+    pub fn armed_timers() -> usize {
+        crate::timer::armed()
+    }
+
+    /// Pins and flushes the epoch collector a few times so deferred frees
+    /// run (for leak checks).
+    pub fn flush_epoch() {
+        for _ in 0..4 {
+            crate::sync::pin().flush();
+        }
+    }
+
+    /// Size in bytes of a `with_cancel` node.
+    pub const CANCEL_NODE_SIZE: usize = crate::node::CANCEL_NODE_SIZE;
+}

@@ -1,0 +1,166 @@
+//! The cancellation walk.
+//!
+//! `cancel` publishes the outcome in the node's state word (the
+//! linearisation point of a cancel, invariant 1), then walks the subtree
+//! with an explicit work list — never recursion, so a chain of any depth is
+//! cancelled in constant stack space. For each node taken from the work
+//! list it seals the node's children list (invariant 3), publishes the
+//! borrowed outcome in every live child, wakes the node's waiters and
+//! collects its pending callbacks.
+//!
+//! **Helping** (invariant 9): a child found already done (by its own
+//! handle, its timer, another parent of a merge, or a concurrent canceller)
+//! is still walked, with its own outcome, so every descendant is done when
+//! `cancel` returns even if the thread that cancelled that child has not
+//! finished its own walk.
+//!
+//! User code (callbacks, wakers) runs with nothing internal held; a panic
+//! in one does not stop the others: the walk is finished first and the
+//! first panic is resumed at the end.
+
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use super::callback::{self, CallbackNode};
+use super::state::Snapshot;
+use super::wait::WaitersNode;
+use super::{
+    as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
+};
+use crate::error::{Cause, Error};
+use crate::sync::pin;
+
+/// Cancels `node` with `err` and `cause` (first cancellation wins) and
+/// returns once the node and every descendant are done.
+///
+/// # Safety
+/// The caller holds a reference to `node`.
+pub(crate) unsafe fn cancel(node: NonNull<CancelNode>, err: Error, cause: Option<Cause>) {
+    let done = Snapshot::new_owned(err, cause);
+    // SAFETY: the caller holds the node.
+    let word = match unsafe { node.as_ref() }.state.try_finish(done) {
+        Ok(word) => word,
+        Err(current) => {
+            // Lost the race (or cancelled twice): our record was never
+            // published. Still help, so the subtree is done on return.
+            // SAFETY: never published.
+            unsafe { done.free_if_owned() };
+            current
+        }
+    };
+    // SAFETY: forwarded.
+    unsafe { walk(node, word) };
+}
+
+/// Makes `node` done with `word` (a borrowed outcome of an ancestor) and
+/// walks it, as if that ancestor's walk had reached it.
+///
+/// # Safety
+/// The caller holds a reference to `node` and keeps the owner of `word`'s
+/// record alive through it.
+pub(crate) unsafe fn finish_with(node: NonNull<CancelNode>, word: Snapshot) {
+    // SAFETY: the caller holds the node.
+    let word = match unsafe { node.as_ref() }.state.try_finish(word) {
+        Ok(word) | Err(word) => word,
+    };
+    // SAFETY: forwarded.
+    unsafe { walk(node, word) };
+}
+
+/// Collects the first panic of user code and keeps going.
+#[derive(Default)]
+struct Panics(Option<Box<dyn Any + Send>>);
+
+impl Panics {
+    fn run(&mut self, f: impl FnOnce()) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+            self.0.get_or_insert(payload);
+        }
+    }
+}
+
+/// Walks the subtree of `root`, which is done with `word`.
+///
+/// # Safety
+/// The caller holds a reference to `root`.
+unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
+    let mut panics = Panics::default();
+    let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
+    {
+        let guard = pin();
+        let mut work: Vec<(NonNull<CancelNode>, Snapshot)> = vec![(root, word)];
+        // Merge nodes are reachable along two paths; walk each once per
+        // cancellation and detach them once the whole walk is over.
+        let mut merges: Vec<NonNull<CancelNode>> = Vec::new();
+        while let Some((node, word)) = work.pop() {
+            // SAFETY: `root` is held by the caller; every other node came
+            // from a list while pinned (invariant 5).
+            let c = unsafe { node.as_ref() };
+            if c.header.kind == Kind::Deadline {
+                // SAFETY: kind checked.
+                timer_glue::disarm(unsafe { node.cast::<DeadlineNode>().as_ref() });
+            }
+            let child_word = word.borrowed();
+            let sealed = c.children.seal();
+            let mut visit = |child: NonNull<CancelNode>| {
+                // SAFETY: reached while pinned.
+                let cc = unsafe { child.as_ref() };
+                if cc.header.kind == Kind::Merge {
+                    if merges.contains(&child) {
+                        return;
+                    }
+                    merges.push(child);
+                }
+                match cc.state.try_finish(child_word) {
+                    Ok(w) | Err(w) => work.push((child, w)),
+                }
+            };
+            // SAFETY: pinned for the whole walk.
+            unsafe {
+                sealed.for_each(&guard, |entry: NonNull<Header>| match entry.as_ref().kind {
+                    Kind::Cancel | Kind::Deadline | Kind::Merge => {
+                        if let Some(child) = as_cancel(entry) {
+                            visit(child);
+                        }
+                    }
+                    Kind::Forward => visit(entry.cast::<ForwardNode>().as_ref().target),
+                    Kind::Callback => {
+                        let cb = entry.cast::<CallbackNode>();
+                        if callback::claim_for_run(cb.as_ref()) {
+                            callbacks.push(cb);
+                        }
+                    }
+                    Kind::Waiters => {
+                        let w = entry.cast::<WaitersNode>();
+                        panics.run(|| w.as_ref().notify_all());
+                    }
+                    Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
+                })
+            };
+        }
+        // Every node of the subtree is done: now the root and the merges
+        // may leave their lists (invariant 9 needs this order).
+        // SAFETY: the caller holds `root`; merges are pinned.
+        unsafe { derive::detach(root, &guard) };
+        for m in merges {
+            if m == root {
+                continue;
+            }
+            // SAFETY: pinned, so `m`'s memory is valid. A dead merge detached
+            // itself when it died; a live one is held while we detach it.
+            if let Some(held) = unsafe { NodeRef::try_acquire(m.cast()) } {
+                // SAFETY: held.
+                unsafe { derive::detach(m, &guard) };
+                drop(held);
+            }
+        }
+    }
+    for cb in callbacks {
+        // SAFETY: we won the callback's run claim.
+        unsafe { callback::run_claimed(cb, &mut |f| panics.run(f)) };
+    }
+    if let Some(payload) = panics.0 {
+        resume_unwind(payload);
+    }
+}

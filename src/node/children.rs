@@ -1,0 +1,299 @@
+//! The children list: a lock-free singly linked list of the entries that a
+//! cancellable node must reach when it is cancelled (child nodes, merge
+//! forwarders, `after_func` callbacks and the waiter event).
+//!
+//! Harris–Michael list with epoch reclamation:
+//! - **push** at the head with one compare-exchange, refused once the head
+//!   carries `SEALED` (invariant 3);
+//! - **remove** in two steps: *mark* the entry's own `next` pointer
+//!   (logical deletion, `MARK` bit; an entry is marked at most once and its
+//!   `next` never changes afterwards, invariant 4), then *unlink* it by a
+//!   compare-exchange on its predecessor's pointer. Whoever unlinks an entry
+//!   releases the list's claim on it and the memory is freed through the
+//!   epoch once no claim is left (invariant 5);
+//! - **seal** sets `SEALED` on the head: from then on no entry is added and
+//!   the canceller walks a list that can only shrink.
+//!
+//! Unlinking is O(1) when the entry is at the head (the common
+//! derive-then-drop case). Otherwise the entry stays marked and counts as
+//! garbage; the removal that brings the garbage count to the sweep threshold
+//! sweeps the whole list, and the next threshold is the number of live
+//! entries it saw (at least [`MIN_SWEEP`]). So the number of dead entries in
+//! an open list is at most `max(MIN_SWEEP, live entries at the last sweep)`
+//! and removal is amortised O(1) (invariant 6). A sealed list is never swept:
+//! it cannot grow, and its owner unlinks whatever is left when it dies.
+
+use std::ptr::{self, NonNull};
+
+use super::Header;
+use crate::sync::{spin_hint, AtomicPtr, AtomicU64, Guard, Ordering};
+
+/// Tag bit on a list head: the list is closed to new entries.
+const SEALED: usize = 0b1;
+/// Tag bit on an entry's `next` pointer: the entry is logically deleted.
+const MARK: usize = 0b1;
+/// The smallest garbage count that triggers a sweep.
+pub(crate) const MIN_SWEEP: u32 = 64;
+
+#[inline]
+fn untag(p: *mut Header) -> *mut Header {
+    p.map_addr(|a| a & !0b111)
+}
+
+/// The `next` link every list entry embeds (in its header).
+pub(crate) struct Link(AtomicPtr<Header>);
+
+impl Link {
+    pub(crate) fn new() -> Self {
+        Link(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// Marks the entry deleted. Returns `true` for the one call that marked
+    /// it (invariant 4).
+    ///
+    /// AcqRel: Release orders everything the remover did to the entry before
+    /// the mark, so the thread that unlinks and frees it sees those writes;
+    /// Acquire so a failed marker sees the winner's writes.
+    pub(crate) fn mark(&self) -> bool {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            if cur.addr() & MARK != 0 {
+                return false;
+            }
+            match self.0.compare_exchange_weak(
+                cur,
+                cur.map_addr(|a| a | MARK),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => {
+                    cur = actual;
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// Acquire: pairs with the Release of the push or unlink that stored
+    /// the pointer, so the entry it points at is fully initialised.
+    #[inline]
+    fn load(&self) -> *mut Header {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A node's list of entries (see the module docs).
+pub(crate) struct ChildList {
+    head: AtomicPtr<Header>,
+    /// Low 32 bits: marked entries not yet unlinked (approximate, see
+    /// invariant 6). High 32 bits: the count that triggers the next sweep
+    /// (0 means `MIN_SWEEP`).
+    garbage: AtomicU64,
+}
+
+/// A sealed list, ready to be walked.
+pub(crate) struct Sealed(*mut Header);
+
+impl ChildList {
+    pub(crate) fn new() -> Self {
+        ChildList {
+            head: AtomicPtr::new(ptr::null_mut()),
+            garbage: AtomicU64::new(0),
+        }
+    }
+
+    /// A list that is sealed from the start (its owner is done on creation).
+    pub(crate) fn new_sealed() -> Self {
+        ChildList {
+            head: AtomicPtr::new(ptr::without_provenance_mut(SEALED)),
+            garbage: AtomicU64::new(0),
+        }
+    }
+
+    /// Pushes `entry`. `Err(())` if the list is sealed: the owner is done,
+    /// and its state word is visible to the caller.
+    ///
+    /// # Safety
+    /// `entry` is a valid, unpublished entry whose claims include one for
+    /// this list.
+    pub(crate) unsafe fn push(&self, entry: NonNull<Header>) -> Result<(), ()> {
+        // Acquire (here and on failure): if we see SEALED we also see the
+        // owner's state word, stored before the Release of `seal`.
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            if head.addr() & SEALED != 0 {
+                return Err(());
+            }
+            // Relaxed: published by the Release compare-exchange below.
+            // SAFETY: the caller owns the unpublished entry.
+            unsafe { entry.as_ref() }.next.0.store(head, Ordering::Relaxed);
+            // Release: publishes the entry's initialisation to walkers that
+            // Acquire the head. This CAS is the linearisation point of a
+            // derive (invariant 3).
+            match self.head.compare_exchange_weak(
+                head,
+                entry.as_ptr(),
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => {
+                    head = actual;
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// Closes the list to new entries and returns it for walking.
+    ///
+    /// AcqRel: Release so a pusher that sees SEALED sees the state word the
+    /// canceller stored before sealing; Acquire so the walker sees every
+    /// entry pushed before the seal.
+    pub(crate) fn seal(&self) -> Sealed {
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            if head.addr() & SEALED != 0 {
+                // Already sealed (by a canceller we are helping, or at
+                // creation): the Acquire load above is enough.
+                return Sealed(untag(head));
+            }
+            match self.head.compare_exchange_weak(
+                head,
+                head.map_addr(|a| a | SEALED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Sealed(head),
+                Err(actual) => {
+                    head = actual;
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// Removes an entry that the caller has just marked.
+    ///
+    /// O(1) at the head; otherwise counted as garbage and swept in bulk
+    /// (invariant 6). Nothing is done on a sealed list: its owner drains it.
+    ///
+    /// # Safety
+    /// `entry` is in this list, marked, and the caller keeps the list's owner
+    /// alive for the duration of the call.
+    pub(crate) unsafe fn remove_marked(&self, entry: NonNull<Header>, guard: &Guard) {
+        let head = self.head.load(Ordering::Acquire);
+        if head.addr() & SEALED != 0 {
+            return;
+        }
+        if untag(head) == entry.as_ptr() {
+            // SAFETY: the caller keeps `entry` linked or pinned; it is marked,
+            // so its `next` is final (invariant 4).
+            let next = untag(unsafe { entry.as_ref() }.next.load());
+            // AcqRel: Release publishes nothing new but keeps the chain of
+            // Acquire/Release edges for later walkers; Acquire on failure.
+            if self
+                .head
+                .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // SAFETY: we unlinked it: the list's claim is ours to drop.
+                unsafe { super::release_claim(entry, guard) };
+                return;
+            }
+        }
+        // Relaxed: the counter only schedules sweeps; the list itself is
+        // synchronised by the pointers.
+        let before = self.garbage.fetch_add(1, Ordering::Relaxed);
+        let dead = (before as u32).wrapping_add(1);
+        let threshold = ((before >> 32) as u32).max(MIN_SWEEP);
+        if dead == threshold {
+            // SAFETY: forwarded from our caller.
+            let (unlinked, live) = unsafe { self.sweep(guard) };
+            let next_threshold = live.max(MIN_SWEEP);
+            // Relaxed: see above. Keep the threshold above the count so the
+            // equality test fires again (invariant 6).
+            let _ = self
+                .garbage
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| {
+                    let d = (g as u32).saturating_sub(unlinked);
+                    let t = next_threshold.max(d.saturating_add(1));
+                    Some(u64::from(d) | (u64::from(t) << 32))
+                });
+        }
+    }
+
+    /// Unlinks every marked entry. Returns (entries unlinked, live entries
+    /// seen). Lock-free: a failed compare-exchange means another thread made
+    /// progress on the same list, and we restart from the head.
+    ///
+    /// # Safety
+    /// The caller is pinned by `guard` and keeps the owner alive (or is the
+    /// owner's dying thread).
+    pub(crate) unsafe fn sweep(&self, guard: &Guard) -> (u32, u32) {
+        let mut unlinked = 0u32;
+        'restart: loop {
+            let mut live = 0u32;
+            let mut pred: &AtomicPtr<Header> = &self.head;
+            let mut curr = pred.load(Ordering::Acquire);
+            loop {
+                let entry = untag(curr);
+                let Some(entry) = NonNull::new(entry) else {
+                    return (unlinked, live);
+                };
+                // SAFETY: reached through the list while pinned: not freed
+                // before the guard is dropped (invariant 5).
+                let e = unsafe { entry.as_ref() };
+                let next = e.next.load();
+                if next.addr() & MARK != 0 {
+                    // Keep the predecessor's own tag (SEALED on the head).
+                    let tags = curr.addr() & 0b111;
+                    let replacement = untag(next).map_addr(|a| a | tags);
+                    // AcqRel: see `remove_marked`.
+                    match pred.compare_exchange(
+                        curr,
+                        replacement,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            unlinked += 1;
+                            // SAFETY: we unlinked it.
+                            unsafe { super::release_claim(entry, guard) };
+                            curr = replacement;
+                        }
+                        Err(_) => {
+                            spin_hint();
+                            continue 'restart;
+                        }
+                    }
+                } else {
+                    live += 1;
+                    pred = &e.next.0;
+                    curr = next;
+                }
+            }
+        }
+    }
+}
+
+impl Sealed {
+    /// Calls `f` on every entry not marked when visited. Entries marked
+    /// while we walk may or may not be visited; entries are never added
+    /// (invariant 3).
+    ///
+    /// # Safety
+    /// The caller is pinned for the whole walk.
+    pub(crate) unsafe fn for_each(&self, _guard: &Guard, mut f: impl FnMut(NonNull<Header>)) {
+        let mut curr = self.0;
+        while let Some(entry) = NonNull::new(untag(curr)) {
+            // SAFETY: reached while pinned (invariant 5).
+            let next = unsafe { entry.as_ref() }.next.load();
+            if next.addr() & MARK == 0 {
+                f(entry);
+            }
+            curr = next;
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Creating child nodes of every kind, and taking them out of their lists.
+
+use std::any::{Any, TypeId};
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use super::children::ChildList;
+use super::state::Snapshot;
+use super::{
+    cancel, leave_parent, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode,
+    Header, Kind, MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
+};
+use crate::context::Context;
+use crate::error::Cause;
+use crate::sync::{pin, Guard, UnsafeCell};
+
+/// A header for a child of `parent` with `refs` observers.
+fn child_header(parent: &Context, kind: Kind, refs: u32) -> Header {
+    let flags = match &parent.node {
+        Some(node) => node.header().flags & FLAG_TODO,
+        None if parent.todo => FLAG_TODO,
+        None => 0,
+    };
+    // Alive claim only; `link` adds the list's claim.
+    let mut header = Header::new(kind, refs, 1, flags);
+    header.up_values = parent.value_head();
+    header.parent = parent.node.clone().map(NodeRef::into_raw);
+    header
+}
+
+/// The initial state of a cancellable child of `parent`.
+fn inherited(parent: &Context) -> Snapshot {
+    match parent.scope {
+        // SAFETY: `parent` keeps its scope alive.
+        Some(scope) => unsafe { scope.as_ref() }.state.load().borrowed(),
+        None => Snapshot::LIVE,
+    }
+}
+
+/// Links a freshly allocated, unpublished cancellable node under its
+/// parent's scope. If the scope is sealed (done), the node becomes done on
+/// creation with the scope's outcome instead (invariant 3). Returns whether
+/// the node is live.
+///
+/// # Safety
+/// `node` is unpublished and owned by the caller; `scope` is its parent's
+/// scope, kept alive by the parent reference in the node.
+unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) -> bool {
+    // SAFETY: unpublished: we are the only user.
+    let n = unsafe { &mut *node.as_ptr() };
+    if n.state.load().is_done() {
+        return false;
+    }
+    let Some(scope) = scope else {
+        return true;
+    };
+    n.header.flags |= FLAG_LINKED;
+    n.header.claims = crate::sync::AtomicU16::new(2);
+    // SAFETY: the scope is alive; the node is valid and unpublished.
+    let scope = unsafe { scope.as_ref() };
+    // SAFETY: see above; the claims include the list's.
+    match unsafe { scope.children.push(node.cast()) } {
+        Ok(()) => true,
+        Err(()) => {
+            // Still unpublished: plain rewrites are fine.
+            n.header.flags &= !FLAG_LINKED;
+            n.header.claims = crate::sync::AtomicU16::new(1);
+            n.state = super::state::StateWord::new(scope.state.load().borrowed());
+            n.children = ChildList::new_sealed();
+            false
+        }
+    }
+}
+
+/// Wraps a new node with `refs == 2` as (context, handle).
+fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
+    // SAFETY: the node was created with two references, one for each.
+    let (a, b) = unsafe { (NodeRef::from_raw(node.cast()), NodeRef::from_raw(node.cast())) };
+    (Context::from_node(a, parent.todo), b)
+}
+
+/// `with_cancel`.
+pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
+    let header = child_header(parent, Kind::Cancel, 2);
+    let node = Box::new(CancelNode::new(header, inherited(parent)));
+    let node = NonNull::from(Box::leak(node));
+    // SAFETY: fresh and unpublished; the scope is held by `parent`.
+    unsafe { link(node, parent.scope) };
+    pair(node, parent)
+}
+
+/// `with_deadline`: the caller has checked that `deadline` is earlier than
+/// the parent's. A deadline already passed makes the node done on creation.
+pub(crate) fn with_deadline(
+    parent: &Context,
+    deadline: Instant,
+    cause: Option<Cause>,
+) -> (Context, NodeRef) {
+    let header = child_header(parent, Kind::Deadline, 2);
+    let mut initial = inherited(parent);
+    let expired = !initial.is_done() && deadline <= Instant::now();
+    if expired {
+        initial = Snapshot::new_owned(crate::Error::DeadlineExceeded, cause.clone());
+    }
+    let node = Box::new(DeadlineNode {
+        cancel: CancelNode::new(header, initial),
+        deadline,
+        timer: crate::sync::AtomicU64::new(timer_glue::NONE),
+        cause: UnsafeCell::new(cause),
+    });
+    let node = NonNull::from(Box::leak(node));
+    // SAFETY: fresh and unpublished; the scope is held by `parent`.
+    if unsafe { link(node.cast(), parent.scope) } {
+        // SAFETY: we hold the node's references until `pair` below.
+        timer_glue::arm(unsafe { node.as_ref() });
+    }
+    pair(node.cast(), parent)
+}
+
+/// `with_value`.
+pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Context {
+    let node = Box::new(ValueNode {
+        header: child_header(parent, Kind::Value, 1),
+        scope: parent.scope,
+        type_id: TypeId::of::<T>(),
+        type_name: std::any::type_name::<T>(),
+        value: Box::new(value),
+    });
+    let node = NonNull::from(Box::leak(node));
+    // SAFETY: created with one reference, handed to the context.
+    Context::from_node(unsafe { NodeRef::from_raw(node.cast()) }, parent.todo)
+}
+
+/// `without_cancel`.
+pub(crate) fn without_cancel(parent: &Context) -> Context {
+    let node = Box::new(child_header(parent, Kind::Detached, 1));
+    let node = NonNull::from(Box::leak(node));
+    // SAFETY: created with one reference, handed to the context.
+    Context::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
+}
+
+/// `a.merge(b)`.
+pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
+    let deadline = match (a.deadline(), b.deadline()) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    let mut initial = inherited(a);
+    if !initial.is_done() {
+        initial = inherited(b);
+    }
+    let (sa, sb) = (a.scope, b.scope);
+    let header = child_header(a, Kind::Merge, 2);
+    let node = Box::new(MergeNode {
+        cancel: CancelNode::new(header, initial),
+        other: ManuallyDrop::new(b.clone()),
+        forwarder: None,
+        deadline,
+    });
+    let node = NonNull::from(Box::leak(node));
+    let needs_forwarder = !initial.is_done() && sb.is_some() && sb != sa;
+    if needs_forwarder {
+        let mut fh = Header::new(Kind::Forward, 0, 2, FLAG_LINKED);
+        fh.parent = None;
+        let f = Box::new(ForwardNode {
+            header: fh,
+            target: node.cast(),
+        });
+        // SAFETY: unpublished.
+        unsafe { (*node.as_ptr()).forwarder = Some(NonNull::from(Box::leak(f))) };
+    }
+    // SAFETY: fresh and unpublished; `a` holds its scope.
+    let live = unsafe { link(node.cast(), sa) };
+    // SAFETY: the node is ours until `pair`.
+    let m = unsafe { node.as_ref() };
+    if let Some(f) = m.forwarder {
+        let Some(sb) = sb else { unreachable!("a forwarder needs b's scope") };
+        if !live {
+            // Done on creation through `a`: the forwarder is never linked.
+            // SAFETY: unpublished; we give up its list claim ourselves.
+            unsafe { f.as_ref() }.header.next.mark();
+            let guard = pin();
+            // SAFETY: the list's claim, never used.
+            unsafe { release_claim(f.cast(), &guard) };
+        } else {
+            // SAFETY: `b` (held by the node) keeps its scope alive.
+            let scope = unsafe { sb.as_ref() };
+            // SAFETY: the forwarder is valid and unpublished.
+            if unsafe { scope.children.push(f.cast()) }.is_err() {
+                // `b` is done: the merge ends with b's outcome.
+                // SAFETY: as above.
+                unsafe { f.as_ref() }.header.next.mark();
+                let guard = pin();
+                // SAFETY: the list's claim, never used.
+                unsafe { release_claim(f.cast(), &guard) };
+                drop(guard);
+                let word = scope.state.load().borrowed();
+                // SAFETY: we hold the node's references; `b` keeps the
+                // record's owner alive.
+                unsafe { cancel::finish_with(node.cast(), word) };
+            }
+        }
+    }
+    pair(node.cast(), a)
+}
+
+/// Takes a merge's forwarder out of `b`'s list.
+///
+/// # Safety
+/// The caller holds a claim on `f` and keeps `other` (hence its scope) alive.
+pub(crate) unsafe fn leave_forwarder(f: NonNull<ForwardNode>, other: &Context, guard: &Guard) {
+    // SAFETY: the caller holds a claim.
+    if unsafe { f.as_ref() }.header.next.mark() {
+        if let Some(scope) = other.scope {
+            // SAFETY: `other` keeps the scope alive; `f` is linked there and
+            // now marked.
+            unsafe { scope.as_ref().children.remove_marked(f.cast(), guard) };
+        }
+    }
+}
+
+/// A done node leaves its lists, once its whole subtree is done
+/// (invariant 9): like Go's `removeChild`, a cancelled child does not stay
+/// in its parent's list until it is dropped.
+///
+/// # Safety
+/// The caller holds a reference to `node`.
+pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &Guard) {
+    // SAFETY: held by the caller.
+    unsafe { leave_parent(node.cast(), guard) };
+    // SAFETY: held by the caller.
+    if unsafe { node.as_ref() }.header.kind == Kind::Merge {
+        // SAFETY: kind checked.
+        let m = unsafe { node.cast::<MergeNode>().as_ref() };
+        if let Some(f) = m.forwarder {
+            // SAFETY: the merge holds its claim on `f` and `other` while
+            // alive.
+            unsafe { leave_forwarder(f, &m.other, guard) };
+        }
+    }
+}

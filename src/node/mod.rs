@@ -1,0 +1,471 @@
+//! The context tree's nodes: layout, reference counting and death.
+//!
+//! Every derived context is one heap node. All node types start with the
+//! same [`Header`] (`#[repr(C)]`, first field), so a `NonNull<Header>` can
+//! point at any of them and `Header::kind` says which one it is.
+//!
+//! Two counts live in the header:
+//! - `refs` counts *observers*: `Context` clones, `CancelHandle`s (and
+//!   guards), `Done` futures, child nodes (each child holds its parent),
+//!   pending `after_func` callbacks, and a timer that is firing. When it
+//!   reaches zero the node *dies*: user data (values, causes) is dropped at
+//!   once and the node leaves its parent's list.
+//! - `claims` counts who may still touch the node's *memory*: one for
+//!   "alive" (released at death) and one per list the node is linked in
+//!   (released by whoever unlinks it). The memory is freed through the epoch
+//!   when the last claim goes (invariant 5).
+//!
+//! The numbered invariants are listed in `docs/DESIGN.md`.
+
+pub(crate) mod callback;
+pub(crate) mod cancel;
+pub(crate) mod children;
+pub(crate) mod derive;
+pub(crate) mod state;
+pub(crate) mod timer_glue;
+pub(crate) mod values;
+pub(crate) mod wait;
+
+use std::any::{Any, TypeId};
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use self::children::{ChildList, Link};
+use self::state::{Snapshot, StateWord};
+use crate::context::Context;
+use crate::error::Cause;
+use crate::sync::{pin, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Guard, Ordering, UnsafeCell};
+
+/// What a node is. Stored once, before the node is published.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// `with_cancel` ([`CancelNode`]).
+    Cancel,
+    /// `with_deadline` / `with_timeout` ([`DeadlineNode`]).
+    Deadline,
+    /// `merge` ([`MergeNode`]).
+    Merge,
+    /// `with_value` ([`ValueNode`]).
+    Value,
+    /// `without_cancel` (a bare [`Header`]).
+    Detached,
+    /// The second list entry of a merge ([`ForwardNode`]).
+    Forward,
+    /// An `after_func` registration ([`callback::CallbackNode`]).
+    Callback,
+    /// The waiter event of a node ([`wait::WaitersNode`]).
+    Waiters,
+}
+
+/// Header flag: the root of this node's chain is `Context::todo()`.
+pub(crate) const FLAG_TODO: u8 = 0b01;
+/// Header flag: the node was pushed onto its parent's list.
+pub(crate) const FLAG_LINKED: u8 = 0b10;
+
+/// The common prefix of every node.
+#[repr(C)]
+pub(crate) struct Header {
+    /// Observers (see the module docs). Unused (0) for list-only entries.
+    pub(crate) refs: AtomicU32,
+    /// Memory claims (see the module docs).
+    pub(crate) claims: AtomicU16,
+    pub(crate) kind: Kind,
+    /// `FLAG_*` bits, written before the node is published, then read-only.
+    pub(crate) flags: u8,
+    /// Link in the owner's children list (list entries only).
+    pub(crate) next: Link,
+    /// Strong reference to the parent node (`None` under a root).
+    pub(crate) parent: Option<NonNull<Header>>,
+    /// Nearest strict ancestor that is a value or merge node: value lookup
+    /// skips every other layer (invariant 7).
+    pub(crate) up_values: Option<NonNull<Header>>,
+}
+
+/// A cancellable node (`with_cancel`); also the prefix of deadline and merge
+/// nodes. 64 bytes on 64-bit targets.
+#[repr(C)]
+pub(crate) struct CancelNode {
+    pub(crate) header: Header,
+    pub(crate) state: StateWord,
+    pub(crate) children: ChildList,
+    /// The lazily created waiter entry (also linked in `children`).
+    pub(crate) waiters: AtomicPtr<wait::WaitersNode>,
+}
+
+/// `with_deadline`: a cancel node with a timer.
+#[repr(C)]
+pub(crate) struct DeadlineNode {
+    pub(crate) cancel: CancelNode,
+    pub(crate) deadline: Instant,
+    /// The armed timer's id bits; only read or written under the wheel lock.
+    pub(crate) timer: AtomicU64,
+    /// The cause given to `with_deadline_cause`; taken when the node dies.
+    pub(crate) cause: UnsafeCell<Option<Cause>>,
+}
+
+/// `merge`: a cancel node linked under `a` (its parent) and, through its
+/// forwarder, under `b`.
+#[repr(C)]
+pub(crate) struct MergeNode {
+    pub(crate) cancel: CancelNode,
+    /// The second parent (`b`), held strongly; taken when the node dies.
+    pub(crate) other: ManuallyDrop<Context>,
+    /// The entry in `b`'s scope's list, if any.
+    pub(crate) forwarder: Option<NonNull<ForwardNode>>,
+    /// `min(a.deadline(), b.deadline())`, computed at creation.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// `with_value`.
+#[repr(C)]
+pub(crate) struct ValueNode {
+    pub(crate) header: Header,
+    /// Nearest cancellable ancestor (what `is_done` reads).
+    pub(crate) scope: Option<NonNull<CancelNode>>,
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) value: Box<dyn Any + Send + Sync>,
+}
+
+/// The entry a merge node puts in its second parent's list.
+#[repr(C)]
+pub(crate) struct ForwardNode {
+    pub(crate) header: Header,
+    pub(crate) target: NonNull<CancelNode>,
+}
+
+// SAFETY: nodes are shared between threads by design; every field that is
+// written after publication is an atomic or an `UnsafeCell` whose accesses
+// are serialised by the protocol documented at its use; user data inside is
+// `Send + Sync` (values, causes) or `Send` and only touched by one thread at
+// a time (callbacks).
+unsafe impl Send for Header {}
+// SAFETY: see above.
+unsafe impl Sync for Header {}
+
+impl Header {
+    pub(crate) fn new(kind: Kind, refs: u32, claims: u16, flags: u8) -> Header {
+        Header {
+            refs: AtomicU32::new(refs),
+            claims: AtomicU16::new(claims),
+            kind,
+            flags,
+            next: Link::new(),
+            parent: None,
+            up_values: None,
+        }
+    }
+}
+
+impl CancelNode {
+    pub(crate) fn new(header: Header, initial: Snapshot) -> CancelNode {
+        CancelNode {
+            header,
+            state: StateWord::new(initial),
+            children: if initial.is_done() {
+                ChildList::new_sealed()
+            } else {
+                ChildList::new()
+            },
+            waiters: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+/// Views a header as the cancel node it starts, if it is one.
+#[inline]
+pub(crate) fn as_cancel(h: NonNull<Header>) -> Option<NonNull<CancelNode>> {
+    // SAFETY: `kind` is immutable after publication; the caller holds the
+    // node (a reference or a pin).
+    match unsafe { h.as_ref() }.kind {
+        Kind::Cancel | Kind::Deadline | Kind::Merge => Some(h.cast()),
+        _ => None,
+    }
+}
+
+/// The nearest cancellable ancestor-or-self: whose state `is_done` reads
+/// and whose list a child registers in.
+#[inline]
+pub(crate) fn scope_of(h: NonNull<Header>) -> Option<NonNull<CancelNode>> {
+    // SAFETY: the caller holds the node; kinds are immutable.
+    match unsafe { h.as_ref() }.kind {
+        Kind::Cancel | Kind::Deadline | Kind::Merge => Some(h.cast()),
+        // SAFETY: the kind says this is a `ValueNode`.
+        Kind::Value => unsafe { h.cast::<ValueNode>().as_ref() }.scope,
+        _ => None,
+    }
+}
+
+/// A counted reference to a node's observers (`refs`).
+pub(crate) struct NodeRef(NonNull<Header>);
+
+// SAFETY: see `Header`'s impls: nodes are designed to be shared.
+unsafe impl Send for NodeRef {}
+// SAFETY: as above.
+unsafe impl Sync for NodeRef {}
+
+impl NodeRef {
+    /// Takes over one already counted reference.
+    ///
+    /// # Safety
+    /// `h` is a live node and the caller gives up one counted reference.
+    pub(crate) unsafe fn from_raw(h: NonNull<Header>) -> NodeRef {
+        NodeRef(h)
+    }
+
+    /// Gives up ownership of the counted reference without releasing it.
+    pub(crate) fn into_raw(self) -> NonNull<Header> {
+        ManuallyDrop::new(self).0
+    }
+
+    #[inline]
+    pub(crate) fn ptr(&self) -> NonNull<Header> {
+        self.0
+    }
+
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: we hold a reference, so the node is alive.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Adds a reference to a node the caller can prove alive.
+    ///
+    /// # Safety
+    /// `h` is alive for the duration of the call (the caller holds a
+    /// reference to it or to a descendant).
+    pub(crate) unsafe fn acquire(h: NonNull<Header>) -> NodeRef {
+        // Relaxed: like `Arc::clone`, a new reference is made from an
+        // existing one, which already orders everything it needs.
+        // SAFETY: alive by the caller's contract.
+        let old = unsafe { h.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
+        if old >= u32::MAX / 2 {
+            // Like `Arc`: billions of live handles to one node mean leaked
+            // handles; wrapping around would free a node in use.
+            std::process::abort();
+        }
+        NodeRef(h)
+    }
+
+    /// Adds a reference unless the node is already dead (refs == 0): how
+    /// the timer reaches a node it does not own.
+    ///
+    /// # Safety
+    /// `h`'s memory is valid (the caller holds a claim, a pin or the lock
+    /// that keeps it from being freed).
+    pub(crate) unsafe fn try_acquire(h: NonNull<Header>) -> Option<NodeRef> {
+        // SAFETY: valid by the caller's contract.
+        let refs = &unsafe { h.as_ref() }.refs;
+        let mut n = refs.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            // Acquire on success: pairs with the Release of the decrements
+            // so we see the node as its last users left it. Never from 0:
+            // a dead node stays dead (invariant 8).
+            match refs.compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Some(NodeRef(h)),
+                Err(actual) => n = actual,
+            }
+        }
+    }
+}
+
+impl Clone for NodeRef {
+    #[inline]
+    fn clone(&self) -> Self {
+        // SAFETY: we hold a reference.
+        unsafe { NodeRef::acquire(self.0) }
+    }
+}
+
+impl Drop for NodeRef {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: we own one counted reference.
+        unsafe { release(self.0) }
+    }
+}
+
+/// Releases one observer reference; when it was the last, the node dies,
+/// and so on up the chain. Iterative: a chain of any length is released in
+/// constant stack space.
+///
+/// # Safety
+/// The caller owns one counted reference to `h`.
+pub(crate) unsafe fn release(h: NonNull<Header>) {
+    let mut next = Some(h);
+    // Only merges release two parents; the stack stays empty otherwise.
+    let mut pending: Vec<NonNull<Header>> = Vec::new();
+    let mut guard: Option<Guard> = None;
+    while let Some(h) = next.take().or_else(|| pending.pop()) {
+        // Release: our uses of the node happen before its death. Acquire
+        // (the fence below) for the thread that sees zero.
+        // SAFETY: we own a reference, so the node is alive.
+        if unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) != 1 {
+            continue;
+        }
+        crate::sync::fence(Ordering::Acquire);
+        let guard = guard.get_or_insert_with(pin);
+        // SAFETY: refs reached zero: we are the node's only user and it dies
+        // exactly once (invariant 8).
+        let [first, second] = unsafe { die(h, guard) };
+        next = first;
+        if let Some(second) = second {
+            pending.push(second);
+        }
+    }
+}
+
+/// The node's observers are gone: drop its user data, leave the lists it is
+/// in, and give up the "alive" claim. Returns the parents whose references
+/// it held (the caller releases them).
+///
+/// # Safety
+/// `refs` of `h` just reached zero on this thread.
+unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2] {
+    // SAFETY: the node is alive until we release the alive claim.
+    let header = unsafe { h.as_ref() };
+    let parent = header.parent;
+    match header.kind {
+        Kind::Value | Kind::Detached => {
+            // Never in a list and unknown to the timer: nobody else can reach
+            // it, so free it now (this drops the value promptly).
+            // SAFETY: the last reference is gone and no list links it.
+            unsafe { free(h) };
+            [parent, None]
+        }
+        Kind::Cancel | Kind::Deadline | Kind::Merge => {
+            let node = h.cast::<CancelNode>();
+            // SAFETY: kind checked.
+            let c = unsafe { node.as_ref() };
+            let mut other = None;
+            if header.kind == Kind::Deadline {
+                // SAFETY: kind checked.
+                let d = unsafe { node.cast::<DeadlineNode>().as_ref() };
+                timer_glue::disarm(d);
+                // SAFETY: dead: no handle can read the cause any more and a
+                // timer that fired held a reference (invariant 8).
+                drop(d.cause.with_mut(|c| unsafe { (*c).take() }));
+            }
+            if header.kind == Kind::Merge {
+                // SAFETY: kind checked; dead, so `other` is ours to take.
+                let m = unsafe { node.cast::<MergeNode>().as_ref() };
+                if let Some(f) = m.forwarder {
+                    // SAFETY: we hold the owner claim on the forwarder and
+                    // `other` (which keeps its list's owner alive) is still
+                    // held until after this call.
+                    unsafe { derive::leave_forwarder(f, &m.other, guard) };
+                    // SAFETY: the merge node's claim on its forwarder.
+                    unsafe { release_claim(f.cast(), guard) };
+                }
+                // SAFETY: taken exactly once, at death.
+                let ctx = unsafe { std::ptr::read(&*m.other) };
+                other = ctx.into_node_ptr();
+            }
+            // The record of an outcome this node owns: every node that could
+            // borrow it is a descendant, and all of them are dead (they held
+            // references to us) (invariant 2).
+            // SAFETY: last use of the owned record.
+            unsafe { c.state.load().free_if_owned() };
+            // SAFETY: our parent reference is still held.
+            unsafe { leave_parent(h, guard) };
+            // The waiter entry is the one entry that does not hold a
+            // reference to us: retire it with us.
+            let waiters = NonNull::new(c.waiters.load(Ordering::Acquire));
+            if let Some(w) = waiters {
+                // SAFETY: we hold the owner's claim on it.
+                unsafe { w.as_ref() }.header.next.mark();
+            }
+            // Everything left in our own list is now marked (every live
+            // entry holds a reference to us): unlink it all.
+            // SAFETY: pinned; we are the owner's dying thread.
+            unsafe { c.children.sweep(guard) };
+            if let Some(w) = waiters {
+                // SAFETY: the owner's claim on its waiter entry.
+                unsafe { release_claim(w.cast(), guard) };
+            }
+            // SAFETY: the alive claim.
+            unsafe { release_claim(h, guard) };
+            [parent, other]
+        }
+        Kind::Forward | Kind::Callback | Kind::Waiters => {
+            debug_assert!(false, "list-only entries have no observers");
+            [None, None]
+        }
+    }
+}
+
+/// Marks `h`'s link in its parent's scope list and unlinks it if cheap
+/// (invariant 6). No-op if it was never linked or is already marked.
+///
+/// # Safety
+/// The caller holds `h`'s parent (directly or through `h`'s reference).
+pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &Guard) {
+    // SAFETY: the caller keeps `h` valid.
+    let header = unsafe { h.as_ref() };
+    if header.flags & FLAG_LINKED == 0 || !header.next.mark() {
+        return;
+    }
+    let owner = header.parent.and_then(scope_of);
+    if let Some(owner) = owner {
+        // SAFETY: the parent (hence its scope) is held by the caller; `h`
+        // is linked there and now marked.
+        unsafe { owner.as_ref().children.remove_marked(h, guard) };
+    }
+}
+
+/// Releases one memory claim; the last one frees the node through the
+/// epoch (a pinned walker may still be looking at it, invariant 5).
+///
+/// # Safety
+/// The caller owns one claim on `h`.
+pub(crate) unsafe fn release_claim(h: NonNull<Header>, guard: &Guard) {
+    // AcqRel: Release so our accesses happen before the free; Acquire so
+    // the freeing thread sees everyone else's.
+    // SAFETY: we hold a claim, so the memory is valid.
+    if unsafe { h.as_ref() }.claims.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let addr = SendPtr(h);
+        // SAFETY: no claim is left, the node is unreachable from every list
+        // (each list held a claim), and the free runs only once every
+        // thread pinned now has unpinned.
+        unsafe {
+            guard.defer_unchecked(move || {
+                let addr = addr;
+                free(addr.0)
+            })
+        };
+    }
+}
+
+struct SendPtr(NonNull<Header>);
+// SAFETY: the pointer is only used to free a node nobody can reach.
+unsafe impl Send for SendPtr {}
+
+/// Frees a node's memory, running the drop glue of its concrete type.
+///
+/// # Safety
+/// Nobody can reach `h` any more, and `h` came from `Box::into_raw` of the
+/// type its kind names.
+unsafe fn free(h: NonNull<Header>) {
+    // SAFETY: per the contract, the kind names the allocation's type.
+    unsafe {
+        match h.as_ref().kind {
+            Kind::Cancel => drop(Box::from_raw(h.cast::<CancelNode>().as_ptr())),
+            Kind::Deadline => drop(Box::from_raw(h.cast::<DeadlineNode>().as_ptr())),
+            Kind::Merge => drop(Box::from_raw(h.cast::<MergeNode>().as_ptr())),
+            Kind::Value => drop(Box::from_raw(h.cast::<ValueNode>().as_ptr())),
+            Kind::Detached => drop(Box::from_raw(h.as_ptr())),
+            Kind::Forward => drop(Box::from_raw(h.cast::<ForwardNode>().as_ptr())),
+            Kind::Callback => drop(Box::from_raw(h.cast::<callback::CallbackNode>().as_ptr())),
+            Kind::Waiters => drop(Box::from_raw(h.cast::<wait::WaitersNode>().as_ptr())),
+        }
+    }
+}
+
+/// Used by compile-time size checks in tests.
+#[allow(dead_code)]
+pub(crate) const CANCEL_NODE_SIZE: usize = std::mem::size_of::<CancelNode>();

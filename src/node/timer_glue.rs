@@ -1,0 +1,75 @@
+//! Arming and disarming a deadline node's timer, and firing it.
+//!
+//! The wheel lives behind one mutex in `crate::timer`; the node keeps the
+//! id of its entry in `DeadlineNode::timer`, written only under that lock.
+//! The timer thread pops an entry and acquires the node (`try_acquire`)
+//! while still holding the lock, and a dying node disarms under the same
+//! lock before its memory can be freed, so the timer never touches a freed
+//! node (invariant 10). Under loom there is no timer thread: models call
+//! [`fire`] from a loom thread.
+
+use std::ptr::NonNull;
+
+use super::{cancel, DeadlineNode, NodeRef};
+use crate::error::Error;
+use crate::sync::Ordering;
+
+/// `DeadlineNode::timer` when no entry is armed.
+pub(crate) const NONE: u64 = u64::MAX;
+
+/// Arms the node's timer (a no-op under loom).
+pub(crate) fn arm(node: &DeadlineNode) {
+    #[cfg(not(loom))]
+    {
+        crate::timer::arm(node);
+        if node.cancel.state.load().is_done() {
+            // A parent's walk may have cancelled the node before it was
+            // armed and found nothing to disarm.
+            disarm(node);
+        }
+    }
+    #[cfg(loom)]
+    let _ = node;
+}
+
+/// Disarms the node's timer if it is armed.
+pub(crate) fn disarm(node: &DeadlineNode) {
+    // Relaxed: a hint read outside the lock. NONE can only be stale if the
+    // creator has not armed yet, and the creator re-checks the state after
+    // arming (see `arm`).
+    if node.timer.load(Ordering::Relaxed) == NONE {
+        return;
+    }
+    #[cfg(not(loom))]
+    crate::timer::disarm(node);
+}
+
+/// The deadline passed: cancel with `DeadlineExceeded` and the node's
+/// cause.
+///
+/// # Safety
+/// `node` is held by `held` (acquired by the timer).
+pub(crate) unsafe fn fire(node: NonNull<DeadlineNode>, held: NodeRef) {
+    // SAFETY: held.
+    let d = unsafe { node.as_ref() };
+    // SAFETY: the cause is only taken when the node dies, and we hold it.
+    let cause = d.cause.with_mut(|c| unsafe { (*c).clone() });
+    // SAFETY: held.
+    unsafe { cancel::cancel(node.cast(), Error::DeadlineExceeded, cause) };
+    drop(held);
+}
+
+/// Fires `ctx`'s own deadline now (the loom and test hook behind
+/// `__private::fire_deadline`). False if `ctx` has no deadline node.
+pub(crate) fn fire_context(ctx: &crate::Context) -> bool {
+    let Some(node) = ctx.node.as_ref() else {
+        return false;
+    };
+    if node.header().kind != super::Kind::Deadline {
+        return false;
+    }
+    let held = node.clone();
+    // SAFETY: `held` keeps the node alive; the kind was checked.
+    unsafe { fire(node.ptr().cast(), held) };
+    true
+}

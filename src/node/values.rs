@@ -1,0 +1,137 @@
+//! Reading up the chain: values, deadlines and the Debug text.
+//!
+//! Value lookup visits only value and merge nodes: every node records its
+//! nearest value-or-merge strict ancestor (`Header::up_values`), so cancel,
+//! deadline and `without_cancel` layers cost nothing (invariant 7). A merge
+//! is a branch: `a`'s chain is searched first, then `b`'s.
+
+use std::any::{Any, TypeId};
+use std::fmt::{self, Write};
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use super::{Header, Kind, MergeNode, ValueNode, FLAG_TODO};
+
+/// The first node of `h`'s value chain: `h` itself if it holds a value or
+/// branches, else its nearest such ancestor.
+#[inline]
+pub(crate) fn value_head(h: NonNull<Header>) -> Option<NonNull<Header>> {
+    // SAFETY: the caller holds `h`.
+    let header = unsafe { h.as_ref() };
+    match header.kind {
+        Kind::Value | Kind::Merge => Some(h),
+        _ => header.up_values,
+    }
+}
+
+/// Finds the nearest value of type `T` at or above `start`.
+///
+/// # Safety
+/// The caller holds `start` (hence its ancestors) for `'a`.
+pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
+    start: Option<NonNull<Header>>,
+) -> Option<&'a T> {
+    let want = TypeId::of::<T>();
+    let mut cur = start;
+    // `b` sides of merges still to search; empty unless merges are met.
+    let mut branches: Vec<NonNull<Header>> = Vec::new();
+    loop {
+        let Some(h) = cur.or_else(|| branches.pop()) else {
+            return None;
+        };
+        // SAFETY: an ancestor of a held node is alive for `'a`.
+        let header = unsafe { h.as_ref() };
+        match header.kind {
+            Kind::Value => {
+                // SAFETY: kind checked; alive for `'a`.
+                let v = unsafe { h.cast::<ValueNode>().as_ref() };
+                if v.type_id == want {
+                    let value: &'a (dyn Any + Send + Sync) = &*v.value;
+                    return value.downcast_ref::<T>();
+                }
+                cur = header.up_values;
+            }
+            Kind::Merge => {
+                // SAFETY: kind checked; alive for `'a`.
+                let m = unsafe { h.cast::<MergeNode>().as_ref() };
+                if let Some(b) = m.other.value_head() {
+                    branches.push(b);
+                }
+                cur = header.up_values;
+            }
+            _ => cur = header.up_values,
+        }
+    }
+}
+
+/// The deadline in force at `h` (Go walks up the same way).
+///
+/// # Safety
+/// The caller holds `h`.
+pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instant> {
+    while let Some(h) = cur {
+        // SAFETY: ancestors of a held node are alive.
+        let header = unsafe { h.as_ref() };
+        match header.kind {
+            // SAFETY: kind checked.
+            Kind::Deadline => return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline),
+            // SAFETY: kind checked.
+            Kind::Merge => return unsafe { h.cast::<MergeNode>().as_ref() }.deadline,
+            Kind::Detached => return None,
+            _ => cur = header.parent,
+        }
+    }
+    None
+}
+
+/// Writes Go's `String()` of the chain ending at `node`.
+///
+/// # Safety
+/// The caller holds `node`.
+pub(crate) unsafe fn describe(
+    f: &mut fmt::Formatter<'_>,
+    node: Option<NonNull<Header>>,
+    todo: bool,
+) -> fmt::Result {
+    let mut chain: Vec<NonNull<Header>> = Vec::new();
+    let mut cur = node;
+    while let Some(h) = cur {
+        chain.push(h);
+        // SAFETY: ancestors of a held node are alive.
+        cur = unsafe { h.as_ref() }.parent;
+    }
+    let todo = match node {
+        // SAFETY: held.
+        Some(h) => unsafe { h.as_ref() }.flags & FLAG_TODO != 0,
+        None => todo,
+    };
+    f.write_str(if todo { "context.TODO" } else { "context.Background" })?;
+    for h in chain.into_iter().rev() {
+        // SAFETY: alive, as above.
+        let header = unsafe { h.as_ref() };
+        match header.kind {
+            Kind::Cancel => f.write_str(".WithCancel")?,
+            Kind::Deadline => {
+                // SAFETY: kind checked.
+                let d = unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline;
+                let left = d.saturating_duration_since(Instant::now());
+                write!(f, ".WithDeadline({d:?} [{left:?}])")?;
+            }
+            Kind::Value => {
+                // SAFETY: kind checked.
+                let v = unsafe { h.cast::<ValueNode>().as_ref() };
+                write!(f, ".WithValue({})", v.type_name)?;
+            }
+            Kind::Detached => f.write_str(".WithoutCancel")?,
+            Kind::Merge => {
+                // SAFETY: kind checked.
+                let m = unsafe { h.cast::<MergeNode>().as_ref() };
+                f.write_str(".Merge(")?;
+                fmt::Debug::fmt(&*m.other, f)?;
+                f.write_char(')')?;
+            }
+            Kind::Forward | Kind::Callback | Kind::Waiters => {}
+        }
+    }
+    Ok(())
+}

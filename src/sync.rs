@@ -1,0 +1,82 @@
+//! The sync shim: the only module of the crate that names `std::sync`,
+//! `loom`, `crossbeam_epoch` or `event_listener` for the concurrent core.
+//!
+//! Under `cfg(loom)` (always together with `cfg(crossbeam_loom)`, see
+//! `docs/VERIFICATION.md`) every atomic, fence, cell, epoch guard and event
+//! comes from loom or from the loom builds of crossbeam-epoch and
+//! event-listener, so a loom model explores every interleaving of the core.
+//! Outside loom the same names are the std / crossbeam / event-listener
+//! types with no wrapper cost.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+pub(crate) use std::sync::atomic::Ordering;
+
+pub(crate) use crossbeam_epoch::Guard;
+pub(crate) use event_listener::{Event, EventListener, Listener};
+
+/// Pins the current thread to the epoch collector used by the core.
+///
+/// Outside loom this is crossbeam's process-wide default collector. Under
+/// loom there is no default collector (it would outlive a model), so each
+/// model execution gets a fresh `Collector` through `loom::lazy_static!` and
+/// each loom thread its own registered handle.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn pin() -> Guard {
+    crossbeam_epoch::pin()
+}
+
+#[cfg(loom)]
+pub(crate) fn pin() -> Guard {
+    loom::lazy_static! {
+        static ref COLLECTOR: crossbeam_epoch::Collector = crossbeam_epoch::Collector::new();
+    }
+    loom::thread_local! {
+        static HANDLE: crossbeam_epoch::LocalHandle = COLLECTOR.register();
+    }
+    HANDLE.with(|handle| handle.pin())
+}
+
+/// An `UnsafeCell` with loom's closure-based access API, so loom can check
+/// that no two threads touch the cell at once.
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(
+    #[cfg(not(loom))] std::cell::UnsafeCell<T>,
+    #[cfg(loom)] loom::cell::UnsafeCell<T>,
+);
+
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        #[cfg(not(loom))]
+        return UnsafeCell(std::cell::UnsafeCell::new(value));
+        #[cfg(loom)]
+        return UnsafeCell(loom::cell::UnsafeCell::new(value));
+    }
+
+    /// Runs `f` with a raw pointer to the contents.
+    ///
+    /// The caller is responsible for the aliasing rules when dereferencing
+    /// the pointer; loom checks them in models.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(self.0.get());
+        #[cfg(loom)]
+        return self.0.with_mut(f);
+    }
+}
+
+/// Spins politely in a CAS retry loop (a plain hint outside loom, a yield
+/// to the scheduler under loom so a model cannot spin forever).
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
