@@ -204,7 +204,11 @@ impl Context {
         self.deadline_child(Instant::now().checked_add(timeout), Some(into_cause(cause)))
     }
 
-    fn deadline_child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
+    fn deadline_child(
+        &self,
+        deadline: Option<Instant>,
+        cause: Option<Cause>,
+    ) -> (Context, CancelHandle) {
         match deadline {
             Some(d) if self.deadline().is_none_or(|parent| d < parent) => {
                 let (ctx, node) = derive::with_deadline(self, d, cause);

@@ -114,9 +114,17 @@ pub mod __private {
     /// Pins and flushes the epoch collector a few times so deferred frees
     /// run (for leak checks).
     pub fn flush_epoch() {
-        for _ in 0..4 {
+        // Each flush can advance the epoch by one step and collects a few
+        // bags; enough rounds empty the queue when no other thread is pinned.
+        for _ in 0..8 {
             crate::sync::pin().flush();
         }
+    }
+
+    /// Nodes allocated and not yet freed (loom and debug builds only).
+    #[cfg(any(loom, debug_assertions))]
+    pub fn live_nodes() -> isize {
+        crate::node::LIVE_NODES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Size in bytes of a `with_cancel` node.

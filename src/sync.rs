@@ -16,6 +16,10 @@ pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, Atom
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// std's `Arc`, for user-facing values that loom need not model (task
+/// wakers; causes use `std::sync::Arc` through the public `Cause` type).
+pub(crate) use std::sync::Arc as UserArc;
+
 pub(crate) use crossbeam_epoch::Guard;
 pub(crate) use event_listener::{Event, EventListener, Listener};
 

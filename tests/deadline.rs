@@ -480,3 +480,48 @@ fn timeouts_created_from_many_threads_all_fire() {
         }
     });
 }
+
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("deliberate waker panic on the timer thread");
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        panic!("deliberate waker panic on the timer thread");
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn timer_keeps_serving_deadlines_after_a_waker_panics_on_it() {
+    use std::future::Future;
+    use std::task::{Context as TaskContext, Poll, Waker};
+
+    with_watchdog(60, || {
+        let (first, _h1) = Context::background().with_timeout(Duration::from_millis(10));
+        // The future whose waker panics is leaked: this test is about the
+        // timer, not about dropping it.
+        let mut done = std::mem::ManuallyDrop::new(first.done());
+        let waker = Waker::from(Arc::new(PanickingWaker));
+        let poll = std::pin::Pin::new(&mut *done).poll(&mut TaskContext::from_waker(&waker));
+        assert_eq!(poll, Poll::Pending);
+        // A thread blocked in wait() (registered after the panicking waker)
+        // must still be woken when the deadline fires.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let first = first.clone();
+            thread::spawn(move || tx.send(first.wait()).unwrap())
+        };
+        assert_eq!(
+            rx.recv_timeout(GENEROUS),
+            Ok(Error::DeadlineExceeded),
+            "the blocked waiter was not woken by the timer"
+        );
+        waiter.join().unwrap();
+
+        let (second, _h2) = Context::background().with_timeout(Duration::from_millis(30));
+        assert_eq!(second.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    });
+}

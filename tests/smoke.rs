@@ -14,7 +14,10 @@ fn smoke() {
     assert!(c.is_done());
     assert_eq!(c.err(), Err(Error::Canceled));
     assert_eq!(c.cause().unwrap().to_string(), "bye");
-    assert!(std::sync::Arc::ptr_eq(&c.cause().unwrap(), &a.cause().unwrap()));
+    assert!(std::sync::Arc::ptr_eq(
+        &c.cause().unwrap(),
+        &a.cause().unwrap()
+    ));
     println!("{c:?}");
     let (d, _) = root.with_timeout(Duration::from_millis(20));
     let t = Instant::now();
@@ -25,18 +28,23 @@ fn smoke() {
 
 #[test]
 fn deep_chain() {
-    std::thread::Builder::new().stack_size(256 * 1024).spawn(|| {
-        let (root, cancel) = Context::background().with_cancel();
-        let mut ctx = root.clone();
-        let mut handles = Vec::new();
-        for _ in 0..1_000_000 {
-            let (c, h) = ctx.with_cancel();
-            ctx = c;
-            handles.push(h);
-        }
-        cancel.cancel();
-        assert!(ctx.is_done());
-        drop(handles);
-        drop(ctx);
-    }).unwrap().join().unwrap();
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let (root, cancel) = Context::background().with_cancel();
+            let mut ctx = root.clone();
+            let mut handles = Vec::new();
+            for _ in 0..1_000_000 {
+                let (c, h) = ctx.with_cancel();
+                ctx = c;
+                handles.push(h);
+            }
+            cancel.cancel();
+            assert!(ctx.is_done());
+            drop(handles);
+            drop(ctx);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }

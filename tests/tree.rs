@@ -396,10 +396,11 @@ fn deep_chain_dropped_without_cancelling_is_freed_on_a_small_stack() {
             assert_eq!(count(&leaf_dropped), 1);
             assert_eq!(count(&root_dropped), 0);
             // The root still works after a million children were unlinked.
-            let (child, _h) = root.with_cancel();
+            let (child, child_handle) = root.with_cancel();
             root_handle.cancel();
             assert!(child.is_done());
             drop(child);
+            drop(child_handle);
             drop(root);
             drop(root_handle);
             assert_eq!(count(&root_dropped), 1);
@@ -786,4 +787,96 @@ mod model {
             run(ops);
         }
     }
+}
+
+// ---- races between derivation, drop and cancel ------------------------------
+
+#[test]
+fn children_derived_while_the_parent_is_cancelled_all_end_up_done() {
+    let rounds = if cfg!(miri) { 2 } else { 50 };
+    let per_thread = if cfg!(miri) { 20 } else { 2_000 };
+    with_watchdog(120, move || {
+        for _ in 0..rounds {
+            let (root, handle) = Context::background().with_cancel();
+            let barrier = Arc::new(Barrier::new(3));
+            let workers: Vec<_> = (0..2)
+                .map(|t| {
+                    let root = root.clone();
+                    let barrier = Arc::clone(&barrier);
+                    thread::spawn(move || {
+                        barrier.wait();
+                        (0..per_thread)
+                            .map(|i| match (t + i) % 3 {
+                                0 => root.with_cancel().0,
+                                1 => root.with_value(i).with_cancel().0,
+                                _ => root.merge(&Context::background()).0,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            barrier.wait();
+            thread::yield_now();
+            handle.cancel_with_cause(TestError("racing"));
+            let cause = cause_of(&root);
+            for w in workers {
+                for child in w.join().unwrap() {
+                    assert_eq!(child.err(), Err(Error::Canceled), "{child:?} was lost");
+                    assert!(Arc::ptr_eq(&cause_of(&child), &cause));
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn children_dropped_while_the_parent_is_cancelled_are_freed_and_the_rest_cancelled() {
+    let rounds = if cfg!(miri) { 2 } else { 50 };
+    let per_thread = if cfg!(miri) { 20 } else { 2_000 };
+    with_watchdog(120, move || {
+        for _ in 0..rounds {
+            let (root, handle) = Context::background().with_cancel();
+            let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let children: Vec<Vec<_>> = (0..2)
+                .map(|_| {
+                    (0..per_thread)
+                        .map(|_| {
+                            root.with_value(DropCounter::with_counter(&dropped))
+                                .with_cancel()
+                        })
+                        .collect()
+                })
+                .collect();
+            let barrier = Arc::new(Barrier::new(3));
+            let workers: Vec<_> = children
+                .into_iter()
+                .map(|mine| {
+                    let barrier = Arc::clone(&barrier);
+                    thread::spawn(move || {
+                        barrier.wait();
+                        let mut kept = Vec::new();
+                        for (i, (ctx, h)) in mine.into_iter().enumerate() {
+                            if i % 2 == 0 {
+                                drop(ctx);
+                                drop(h);
+                            } else {
+                                kept.push(ctx);
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            barrier.wait();
+            handle.cancel();
+            let kept: Vec<Context> = workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect();
+            assert_eq!(count(&dropped), per_thread, "every dropped child is freed");
+            assert!(kept.iter().all(|c| c.err() == Err(Error::Canceled)));
+            drop(kept);
+            assert_eq!(count(&dropped), 2 * per_thread);
+        }
+    });
 }

@@ -365,39 +365,85 @@ fn a_panicking_waker_does_not_prevent_other_waiters_and_descendants() {
     with_watchdog(30, || {
         let (ctx, handle) = Context::background().with_cancel();
         let (child, _ch) = ctx.with_cancel();
-        let counting = CountingWaker::new();
+        let before_waker = CountingWaker::new();
+        let after_waker = CountingWaker::new();
+        let child_waker = CountingWaker::new();
         let mut before = ctx.done();
         let mut bad = ctx.done();
         let mut after = ctx.done();
         let mut on_child = child.done();
-        assert!(poll_done(&mut before, &counting.waker()).is_pending());
+        assert!(poll_done(&mut before, &before_waker.waker()).is_pending());
         assert!(poll_done(&mut bad, &Waker::from(Arc::new(PanickingWaker))).is_pending());
-        assert!(poll_done(&mut after, &counting.waker()).is_pending());
-        assert!(poll_done(&mut on_child, &counting.waker()).is_pending());
+        assert!(poll_done(&mut after, &after_waker.waker()).is_pending());
+        assert!(poll_done(&mut on_child, &child_waker.waker()).is_pending());
         let ran = Arc::new(AtomicUsize::new(0));
         let r = Arc::clone(&ran);
         let _af = ctx.after_func(move || {
             r.fetch_add(1, Ordering::SeqCst);
         });
+        let (woken_tx, woken_rx) = std::sync::mpsc::channel();
         let thread_waiter = {
             let ctx = ctx.clone();
-            thread::spawn(move || ctx.wait())
+            thread::spawn(move || woken_tx.send(ctx.wait()).unwrap())
         };
+        // Let the thread block in wait(), registered after the bad waker.
+        thread::sleep(Duration::from_millis(50));
 
-        let result = catch_unwind(AssertUnwindSafe(|| handle.cancel()));
-        assert!(result.is_err(), "the waker's panic resumes from cancel()");
-        assert!(ctx.is_done());
-        assert!(child.is_done());
-        assert_eq!(ran.load(Ordering::SeqCst), 1);
-        assert_eq!(thread_waiter.join().unwrap(), Error::Canceled);
-        let waker = counting.waker();
-        assert_eq!(poll_done(&mut before, &waker), Poll::Ready(Error::Canceled));
-        assert_eq!(poll_done(&mut after, &waker), Poll::Ready(Error::Canceled));
-        assert_eq!(
-            poll_done(&mut on_child, &waker),
-            Poll::Ready(Error::Canceled)
+        let cancel_panicked = catch_unwind(AssertUnwindSafe(|| handle.cancel())).is_err();
+        // Gather every observation before asserting, so that a failure is
+        // reported as itself and not as a panic while unwinding.
+        let thread_woken = woken_rx.recv_timeout(Duration::from_secs(5));
+        let observed = (
+            ctx.is_done(),
+            child.is_done(),
+            ran.load(Ordering::SeqCst),
+            before_waker.wakes() >= 1,
+            after_waker.wakes() >= 1,
+            child_waker.wakes() >= 1,
         );
-        assert!(counting.wakes() >= 1);
+        let drops_ok = catch_unwind(AssertUnwindSafe(move || {
+            drop((before, bad, after, on_child));
+        }))
+        .is_ok();
+
+        assert!(cancel_panicked, "the waker's panic resumes from cancel()");
+        assert_eq!(
+            observed,
+            (true, true, 1, true, true, true),
+            "(ctx done, child done, callbacks run, waker before / after the panicking one \
+             woken, child's waker woken)"
+        );
+        assert_eq!(
+            thread_woken,
+            Ok(Error::Canceled),
+            "a thread blocked in wait() must be woken despite the panicking waker"
+        );
+        thread_waiter.join().unwrap();
+        assert!(
+            drops_ok,
+            "dropping Done futures after a waker panicked must not panic"
+        );
+    });
+}
+
+#[test]
+fn done_futures_work_normally_after_a_waker_panicked_during_cancel() {
+    with_watchdog(30, || {
+        let (ctx, handle) = Context::background().with_cancel();
+        let mut bad = ctx.done();
+        assert!(poll_done(&mut bad, &Waker::from(Arc::new(PanickingWaker))).is_pending());
+        let _ = catch_unwind(AssertUnwindSafe(|| handle.cancel()));
+        let waker = CountingWaker::new().waker();
+        let fresh = catch_unwind(AssertUnwindSafe(|| {
+            let mut fresh = ctx.done();
+            poll_done(&mut fresh, &waker)
+        }));
+        let drop_bad = catch_unwind(AssertUnwindSafe(move || drop(bad))).is_ok();
+        assert_eq!(fresh.ok(), Some(Poll::Ready(Error::Canceled)));
+        assert!(
+            drop_bad,
+            "dropping the Done whose waker panicked must not panic"
+        );
     });
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn register(
         owner: None,
         f: UnsafeCell::new(Some(f)),
     });
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     let Some(scope) = scope else {
         // Never done: nothing to link; `stop()` still answers true once.
         return Some(node);

@@ -14,9 +14,11 @@
 //! `cancel` returns even if the thread that cancelled that child has not
 //! finished its own walk.
 //!
-//! User code (callbacks, wakers) runs with nothing internal held; a panic
-//! in one does not stop the others: the walk is finished first and the
-//! first panic is resumed at the end.
+//! Callbacks run after the walk, with nothing internal held. Wakers run
+//! inside `Event::notify` (under event-listener's own list lock, while we are
+//! pinned), wrapped so that a panicking waker cannot unwind through
+//! event-listener (see `wait`). A panic in either does not stop the others:
+//! the walk is finished first and the first panic is resumed at the end.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -24,7 +26,7 @@ use std::ptr::NonNull;
 
 use super::callback::{self, CallbackNode};
 use super::state::Snapshot;
-use super::wait::WaitersNode;
+use super::wait::{take_wake_panic, WaitersNode};
 use super::{
     as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
 };
@@ -43,9 +45,14 @@ pub(crate) unsafe fn cancel(node: NonNull<CancelNode>, err: Error, cause: Option
         Ok(word) => word,
         Err(current) => {
             // Lost the race (or cancelled twice): our record was never
-            // published. Still help, so the subtree is done on return.
+            // published. Still help, so the subtree is done on return,
+            // unless a finished walk already guarantees it.
             // SAFETY: never published.
             unsafe { done.free_if_owned() };
+            // SAFETY: the caller holds the node.
+            if unsafe { node.as_ref() }.children.is_complete() {
+                return;
+            }
             current
         }
     };
@@ -101,6 +108,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                 // SAFETY: kind checked.
                 timer_glue::disarm(unsafe { node.cast::<DeadlineNode>().as_ref() });
             }
+            if c.children.is_complete() {
+                // Its own finished walk covered the whole subtree.
+                continue;
+            }
             let child_word = word.borrowed();
             let sealed = c.children.seal();
             let mut visit = |child: NonNull<CancelNode>| {
@@ -134,13 +145,20 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                     Kind::Waiters => {
                         let w = entry.cast::<WaitersNode>();
                         panics.run(|| w.as_ref().notify_all());
+                        // Wakers run under a panic-catching wrapper (see
+                        // `wait`); collect what they threw.
+                        if let Some(payload) = take_wake_panic() {
+                            panics.0.get_or_insert(payload);
+                        }
                     }
                     Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
                 })
             };
         }
-        // Every node of the subtree is done: now the root and the merges
-        // may leave their lists (invariant 9 needs this order).
+        // Every node of the subtree is done: record it, then let the root
+        // and the merges leave their lists (invariant 9 needs this order).
+        // SAFETY: the caller holds `root`.
+        unsafe { root.as_ref() }.children.mark_complete();
         // SAFETY: the caller holds `root`; merges are pinned.
         unsafe { derive::detach(root, &guard) };
         for m in merges {

@@ -29,7 +29,10 @@ use super::Header;
 use crate::sync::{spin_hint, AtomicPtr, AtomicU64, Guard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
-const SEALED: usize = 0b1;
+const SEALED: usize = 0b01;
+/// Tag bit on a sealed list head: the walk that sealed it has finished, so
+/// the owner's whole subtree is done (invariant 9).
+const COMPLETE: usize = 0b10;
 /// Tag bit on an entry's `next` pointer: the entry is logically deleted.
 const MARK: usize = 0b1;
 /// The smallest garbage count that triggers a sweep.
@@ -106,7 +109,7 @@ impl ChildList {
     /// A list that is sealed from the start (its owner is done on creation).
     pub(crate) fn new_sealed() -> Self {
         ChildList {
-            head: AtomicPtr::new(ptr::without_provenance_mut(SEALED)),
+            head: AtomicPtr::new(ptr::without_provenance_mut(SEALED | COMPLETE)),
             garbage: AtomicU64::new(0),
         }
     }
@@ -127,7 +130,10 @@ impl ChildList {
             }
             // Relaxed: published by the Release compare-exchange below.
             // SAFETY: the caller owns the unpublished entry.
-            unsafe { entry.as_ref() }.next.0.store(head, Ordering::Relaxed);
+            unsafe { entry.as_ref() }
+                .next
+                .0
+                .store(head, Ordering::Relaxed);
             // Release: publishes the entry's initialisation to walkers that
             // Acquire the head. This CAS is the linearisation point of a
             // derive (invariant 3).
@@ -172,6 +178,35 @@ impl ChildList {
                 }
             }
         }
+    }
+
+    /// Records that the walk of the owner's subtree has finished.
+    ///
+    /// Release: whoever sees COMPLETE (Acquire in `is_complete`) also sees
+    /// every state word the walk published.
+    pub(crate) fn mark_complete(&self) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        while head.addr() & COMPLETE == 0 {
+            match self.head.compare_exchange_weak(
+                head,
+                head.map_addr(|a| a | SEALED | COMPLETE),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => {
+                    head = actual;
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// True once a walk of the owner's subtree has finished: every
+    /// descendant is done and stays done (invariant 9).
+    pub(crate) fn is_complete(&self) -> bool {
+        // Acquire: pairs with `mark_complete`.
+        self.head.load(Ordering::Acquire).addr() & COMPLETE != 0
     }
 
     /// Removes an entry that the caller has just marked.

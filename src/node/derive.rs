@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::children::ChildList;
 use super::state::Snapshot;
 use super::{
-    cancel, leave_parent, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode,
-    Header, Kind, MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
+    cancel, leave_parent, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header,
+    Kind, MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
 };
 use crate::context::Context;
 use crate::error::Cause;
@@ -76,7 +76,12 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
 /// Wraps a new node with `refs == 2` as (context, handle).
 fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
     // SAFETY: the node was created with two references, one for each.
-    let (a, b) = unsafe { (NodeRef::from_raw(node.cast()), NodeRef::from_raw(node.cast())) };
+    let (a, b) = unsafe {
+        (
+            NodeRef::from_raw(node.cast()),
+            NodeRef::from_raw(node.cast()),
+        )
+    };
     (Context::from_node(a, parent.todo), b)
 }
 
@@ -84,7 +89,7 @@ fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
 pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
     let header = child_header(parent, Kind::Cancel, 2);
     let node = Box::new(CancelNode::new(header, inherited(parent)));
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     // SAFETY: fresh and unpublished; the scope is held by `parent`.
     unsafe { link(node, parent.scope) };
     pair(node, parent)
@@ -109,7 +114,7 @@ pub(crate) fn with_deadline(
         timer: crate::sync::AtomicU64::new(timer_glue::NONE),
         cause: UnsafeCell::new(cause),
     });
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     // SAFETY: fresh and unpublished; the scope is held by `parent`.
     if unsafe { link(node.cast(), parent.scope) } {
         // SAFETY: we hold the node's references until `pair` below.
@@ -127,7 +132,7 @@ pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Co
         type_name: std::any::type_name::<T>(),
         value: Box::new(value),
     });
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
     Context::from_node(unsafe { NodeRef::from_raw(node.cast()) }, parent.todo)
 }
@@ -135,7 +140,7 @@ pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Co
 /// `without_cancel`.
 pub(crate) fn without_cancel(parent: &Context) -> Context {
     let node = Box::new(child_header(parent, Kind::Detached, 1));
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
     Context::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
 }
@@ -158,7 +163,7 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
         forwarder: None,
         deadline,
     });
-    let node = NonNull::from(Box::leak(node));
+    let node = super::alloc(node);
     let needs_forwarder = !initial.is_done() && sb.is_some() && sb != sa;
     if needs_forwarder {
         let mut fh = Header::new(Kind::Forward, 0, 2, FLAG_LINKED);
@@ -168,14 +173,16 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
             target: node.cast(),
         });
         // SAFETY: unpublished.
-        unsafe { (*node.as_ptr()).forwarder = Some(NonNull::from(Box::leak(f))) };
+        unsafe { (*node.as_ptr()).forwarder = Some(super::alloc(f)) };
     }
     // SAFETY: fresh and unpublished; `a` holds its scope.
     let live = unsafe { link(node.cast(), sa) };
     // SAFETY: the node is ours until `pair`.
     let m = unsafe { node.as_ref() };
     if let Some(f) = m.forwarder {
-        let Some(sb) = sb else { unreachable!("a forwarder needs b's scope") };
+        let Some(sb) = sb else {
+            unreachable!("a forwarder needs b's scope")
+        };
         if !live {
             // Done on creation through `a`: the forwarder is never linked.
             // SAFETY: unpublished; we give up its list claim ourselves.

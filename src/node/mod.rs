@@ -445,12 +445,26 @@ struct SendPtr(NonNull<Header>);
 // SAFETY: the pointer is only used to free a node nobody can reach.
 unsafe impl Send for SendPtr {}
 
+/// Nodes allocated and not yet freed (loom models check it returns to 0).
+#[cfg(any(loom, debug_assertions))]
+pub(crate) static LIVE_NODES: std::sync::atomic::AtomicIsize =
+    std::sync::atomic::AtomicIsize::new(0);
+
+/// Allocates a node (every node kind goes through here and [`free`]).
+pub(crate) fn alloc<T>(node: Box<T>) -> NonNull<T> {
+    #[cfg(any(loom, debug_assertions))]
+    LIVE_NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    NonNull::from(Box::leak(node))
+}
+
 /// Frees a node's memory, running the drop glue of its concrete type.
 ///
 /// # Safety
-/// Nobody can reach `h` any more, and `h` came from `Box::into_raw` of the
-/// type its kind names.
-unsafe fn free(h: NonNull<Header>) {
+/// Nobody can reach `h` any more, and `h` came from [`alloc`] of the type
+/// its kind names.
+pub(crate) unsafe fn free(h: NonNull<Header>) {
+    #[cfg(any(loom, debug_assertions))]
+    LIVE_NODES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: per the contract, the kind names the allocation's type.
     unsafe {
         match h.as_ref().kind {

@@ -153,12 +153,10 @@ impl StateWord {
     /// the winner's record.
     #[must_use]
     pub(crate) fn try_finish(&self, done: Snapshot) -> Result<Snapshot, Snapshot> {
-        match self.0.compare_exchange(
-            ptr::null_mut(),
-            done.0,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match self
+            .0
+            .compare_exchange(ptr::null_mut(), done.0, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => Ok(done),
             Err(current) => Err(Snapshot(current)),
         }

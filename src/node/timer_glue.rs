@@ -22,6 +22,9 @@ pub(crate) fn arm(node: &DeadlineNode) {
     #[cfg(not(loom))]
     {
         crate::timer::arm(node);
+        // SeqCst fence: pairs with the one in `disarm`. Either we see the
+        // state done here, or the canceller sees our armed id there.
+        crate::sync::fence(Ordering::SeqCst);
         if node.cancel.state.load().is_done() {
             // A parent's walk may have cancelled the node before it was
             // armed and found nothing to disarm.
@@ -34,9 +37,11 @@ pub(crate) fn arm(node: &DeadlineNode) {
 
 /// Disarms the node's timer if it is armed.
 pub(crate) fn disarm(node: &DeadlineNode) {
-    // Relaxed: a hint read outside the lock. NONE can only be stale if the
-    // creator has not armed yet, and the creator re-checks the state after
-    // arming (see `arm`).
+    // SeqCst fence, then a Relaxed hint read outside the lock: NONE can only
+    // be stale if the creator is arming right now, and then the creator's
+    // fence-separated re-check of the state (see `arm`) sees this node done
+    // (the state was published before this fence) and disarms it itself.
+    crate::sync::fence(Ordering::SeqCst);
     if node.timer.load(Ordering::Relaxed) == NONE {
         return;
     }

@@ -74,7 +74,9 @@ pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instan
         let header = unsafe { h.as_ref() };
         match header.kind {
             // SAFETY: kind checked.
-            Kind::Deadline => return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline),
+            Kind::Deadline => {
+                return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline)
+            }
             // SAFETY: kind checked.
             Kind::Merge => return unsafe { h.cast::<MergeNode>().as_ref() }.deadline,
             Kind::Detached => return None,
@@ -105,7 +107,11 @@ pub(crate) unsafe fn describe(
         Some(h) => unsafe { h.as_ref() }.flags & FLAG_TODO != 0,
         None => todo,
     };
-    f.write_str(if todo { "context.TODO" } else { "context.Background" })?;
+    f.write_str(if todo {
+        "context.TODO"
+    } else {
+        "context.Background"
+    })?;
     for h in chain.into_iter().rev() {
         // SAFETY: alive, as above.
         let header = unsafe { h.as_ref() };

@@ -13,16 +13,19 @@
 //! `Event::notify`, which starts with a SeqCst fence. Either the waiter's
 //! re-check sees done, or the notifier sees the listener.
 
+use std::any::Any;
+use std::cell::Cell;
 use std::future::Future;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::ptr::{self, NonNull};
-use std::task::{Context as TaskContext, Poll};
+use std::ptr;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Instant;
 
 use super::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::context::Context;
 use crate::error::Error;
-use crate::sync::{fence, pin, Event, EventListener, Listener, Ordering};
+use crate::sync::{fence, pin, Event, EventListener, Listener, Ordering, UserArc};
 
 /// The list entry that carries a node's waiter event. Claims: one for the
 /// owner, one for the list.
@@ -39,6 +42,38 @@ impl WaitersNode {
     }
 }
 
+std::thread_local! {
+    /// The first panic thrown by a waker woken on this thread, waiting to
+    /// be resumed by the cancellation that woke it.
+    static WAKE_PANIC: Cell<Option<Box<dyn Any + Send>>> = const { Cell::new(None) };
+}
+
+/// Takes the panic a waker threw on this thread, if any.
+pub(crate) fn take_wake_panic() -> Option<Box<dyn Any + Send>> {
+    WAKE_PANIC.with(Cell::take)
+}
+
+/// Wraps a task's waker so that a panic in it is caught on the notifying
+/// thread instead of unwinding through event-listener (which would skip the
+/// remaining listeners and corrupt its counts). The payload is parked in
+/// `WAKE_PANIC` and resumed by the cancellation once its walk is finished.
+struct GuardedWaker(Waker);
+
+impl Wake for GuardedWaker {
+    fn wake(self: UserArc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &UserArc<Self>) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.0.wake_by_ref())) {
+            WAKE_PANIC.with(|slot| {
+                let first = slot.take().unwrap_or(payload);
+                slot.set(Some(first));
+            });
+        }
+    }
+}
+
 /// The scope's event, created and published on first use.
 fn event_of(scope: &CancelNode) -> &Event {
     // Acquire: pairs with the AcqRel publication below.
@@ -52,41 +87,45 @@ fn event_of(scope: &CancelNode) -> &Event {
 
 #[cold]
 fn event_slow(scope: &CancelNode) -> &Event {
-    let fresh = Box::into_raw(Box::new(WaitersNode {
+    let fresh = super::alloc(Box::new(WaitersNode {
         header: Header::new(Kind::Waiters, 0, 2, FLAG_LINKED),
         event: Event::new(),
     }));
     // AcqRel: Release publishes the entry; Acquire reads a winner's.
     match scope.waiters.compare_exchange(
         ptr::null_mut(),
-        fresh,
+        fresh.as_ptr(),
         Ordering::AcqRel,
         Ordering::Acquire,
     ) {
         Err(winner) => {
             // SAFETY: ours, never published.
-            drop(unsafe { Box::from_raw(fresh) });
+            unsafe { super::free(fresh.cast()) };
             // SAFETY: published entries live as long as their owner.
             unsafe { &(*winner).event }
         }
         Ok(_) => {
-            // SAFETY: published entries live as long as their owner.
-            let entry = NonNull::new(fresh).map(|p| p.cast::<Header>());
-            let entry = entry.unwrap_or_else(|| unreachable!("Box::into_raw is non-null"));
+            let entry = fresh.cast::<Header>();
             // SAFETY: valid; claims include the list's.
             if unsafe { scope.children.push(entry) }.is_err() {
                 // Already done: never linked. Whoever listened meanwhile is
                 // woken here; later listeners see done on their re-check.
                 // SAFETY: valid as above.
-                let w = unsafe { &*fresh };
+                let w = unsafe { fresh.as_ref() };
                 w.header.next.mark();
                 let guard = pin();
                 // SAFETY: the list's claim, never used.
                 unsafe { release_claim(entry, &guard) };
+                drop(guard);
                 w.notify_all();
+                if let Some(payload) = take_wake_panic() {
+                    // We woke another task and its waker panicked: like a
+                    // cancellation, report it to the thread that notified.
+                    resume_unwind(payload);
+                }
             }
             // SAFETY: published entries live as long as their owner.
-            unsafe { &(*fresh).event }
+            unsafe { &(*fresh.as_ptr()).event }
         }
     }
 }
@@ -122,11 +161,15 @@ fn listen(scope: &CancelNode) -> EventListener {
 pub struct Done {
     ctx: Context,
     listener: Option<EventListener>,
+    /// The last task waker seen and its panic-catching wrapper.
+    waker: Option<(Waker, Waker)>,
 }
 
 impl std::fmt::Debug for Done {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Done").field("ctx", &self.ctx).finish_non_exhaustive()
+        f.debug_struct("Done")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,6 +178,7 @@ impl Done {
         Done {
             ctx,
             listener: None,
+            waker: None,
         }
     }
 }
@@ -155,10 +199,21 @@ impl Future for Done {
             };
             match &mut this.listener {
                 None => this.listener = Some(listen(scope)),
-                Some(listener) => match Pin::new(listener).poll(cx) {
-                    Poll::Ready(()) => this.listener = None,
-                    Poll::Pending => return Poll::Pending,
-                },
+                Some(listener) => {
+                    let guarded = match &this.waker {
+                        Some((seen, guarded)) if seen.will_wake(cx.waker()) => guarded,
+                        _ => {
+                            let guarded =
+                                Waker::from(UserArc::new(GuardedWaker(cx.waker().clone())));
+                            &this.waker.insert((cx.waker().clone(), guarded)).1
+                        }
+                    };
+                    let mut inner = TaskContext::from_waker(guarded);
+                    match Pin::new(listener).poll(&mut inner) {
+                        Poll::Ready(()) => this.listener = None,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
             }
         }
     }

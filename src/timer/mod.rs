@@ -10,7 +10,6 @@
 //! run after the lock is released; a panic in a callback or waker it runs is
 //! reported on stderr and the thread keeps serving.
 
-#[path = "wheel_stub.rs"]
 mod wheel;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,7 +20,7 @@ use std::time::Instant;
 use self::wheel::{TimerId, Wheel};
 use crate::node::timer_glue::{self, NONE};
 use crate::node::{DeadlineNode, NodeRef};
-use crate::sync::Ordering;
+use crate::sync::{pin, Ordering};
 
 /// A node pointer stored in the wheel.
 struct Entry(NonNull<DeadlineNode>);
@@ -109,13 +108,18 @@ fn run() {
     let t = timer();
     let mut due: Vec<Entry> = Vec::new();
     let mut fire: Vec<(NonNull<DeadlineNode>, NodeRef)> = Vec::new();
-    let mut st = lock(t);
     loop {
+        // Pinned while we touch nodes popped from the wheel: a node whose
+        // entry we popped may be dying on another thread, which then skips
+        // the lock (it sees NONE) and frees through the epoch (invariant 10).
+        let guard = pin();
+        let mut st = lock(t);
         st.sleeping_until = None;
         st.wheel.poll_expired(Instant::now(), &mut due);
         for Entry(node) in due.drain(..) {
-            // SAFETY: the entry was armed until this poll, so the node has
-            // not passed `disarm` and its memory is valid (invariant 10).
+            // SAFETY: the entry was armed until this poll, so the node had
+            // not passed `disarm` when we pinned, and its memory is valid
+            // until we unpin (invariant 10).
             let d = unsafe { node.as_ref() };
             // Relaxed: under the lock.
             d.timer.store(NONE, Ordering::Relaxed);
@@ -124,26 +128,34 @@ fn run() {
                 fire.push((node, held));
             }
         }
+        drop(guard);
         if !fire.is_empty() {
             drop(st);
             for (node, held) in fire.drain(..) {
                 // SAFETY: `held` keeps the node alive.
-                let result = catch_unwind(AssertUnwindSafe(|| unsafe { timer_glue::fire(node, held) }));
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| unsafe { timer_glue::fire(node, held) }));
                 if let Err(panic) = result {
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "<non-string panic>".into());
-                    eprintln!("ctxtree-timer: a callback or waker panicked during a deadline cancellation: {msg}");
+                    eprintln!(
+                        "ctxtree-timer: a callback or waker panicked during a deadline \
+                         cancellation (the cancellation completed): {msg}"
+                    );
                 }
             }
-            st = lock(t);
             continue;
         }
-        let next = st.wheel.next_expiry();
+        let next = if st.wheel.is_empty() {
+            None
+        } else {
+            st.wheel.next_expiry()
+        };
         st.sleeping_until = Some(next);
-        st = match next {
+        drop(match next {
             None => t.wake.wait(st).unwrap_or_else(PoisonError::into_inner),
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -152,6 +164,6 @@ fn run() {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0
             }
-        };
+        });
     }
 }

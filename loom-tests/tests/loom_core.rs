@@ -1,0 +1,333 @@
+//! loom models of the core races. Each model runs 2 loom threads (plus
+//! the main thread where noted), asserts the outcome, and checks that every
+//! node is freed when the model ends.
+//!
+//! Run with `.ci/loom.sh` (it sets `--cfg loom --cfg crossbeam_loom` and
+//! `LOOM_MAX_PREEMPTIONS`).
+#![cfg(loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctxtree::{__private, Context, Error};
+use loom::thread;
+
+/// Runs `f` under loom and checks that no node outlives the model.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    // Flushing the epoch at the end of a model takes many steps.
+    builder.max_branches = 1_000_000;
+    builder.check(move || {
+        let before = __private::live_nodes();
+        f();
+        for _ in 0..6 {
+            __private::flush_epoch();
+        }
+        assert_eq!(__private::live_nodes(), before, "a node was not freed");
+    });
+}
+
+/// A value whose drop is counted.
+struct Tracked(Arc<AtomicUsize>);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn cause_str(ctx: &Context) -> String {
+    ctx.cause().expect("done implies a cause").to_string()
+}
+
+#[test]
+fn derive_racing_cancel_parent_yields_a_done_child() {
+    model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let p = parent.clone();
+        let t = thread::spawn(move || {
+            let (child, _h) = p.with_cancel();
+            child
+        });
+        cancel.cancel_with_cause("stop");
+        let child = t.join().unwrap();
+        assert_eq!(child.err(), Err(Error::Canceled));
+        assert!(Arc::ptr_eq(
+            &child.cause().unwrap(),
+            &parent.cause().unwrap()
+        ));
+    });
+}
+
+#[test]
+fn drop_child_racing_cancel_parent_frees_the_child() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, h) = parent.with_cancel();
+        let child = child.with_value(Tracked(drops.clone()));
+        let t = thread::spawn(move || {
+            drop(child);
+            drop(h);
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+    });
+}
+
+#[test]
+fn drop_value_child_racing_cancel_parent_drops_the_value() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, h) = parent.with_cancel();
+        let valued = child.with_value(Tracked(drops.clone()));
+        drop(child);
+        let t = thread::spawn(move || {
+            drop(valued);
+            drop(h);
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+    });
+}
+
+#[test]
+fn blocking_wait_racing_cancel_is_woken() {
+    model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let c = ctx.clone();
+        let t = thread::spawn(move || c.wait());
+        cancel.cancel();
+        assert_eq!(t.join().unwrap(), Error::Canceled);
+    });
+}
+
+#[test]
+fn async_done_racing_cancel_is_woken() {
+    model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let done = ctx.done();
+        let t = thread::spawn(move || loom::future::block_on(done));
+        cancel.cancel_with_cause("bye");
+        assert_eq!(t.join().unwrap(), Error::Canceled);
+    });
+}
+
+#[test]
+fn two_waiters_racing_lazy_event_publication_are_both_woken() {
+    model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let (c1, c2) = (ctx.clone(), ctx.clone());
+        let t1 = thread::spawn(move || c1.wait());
+        let t2 = thread::spawn(move || loom::future::block_on(c2.done()));
+        cancel.cancel();
+        assert_eq!(t1.join().unwrap(), Error::Canceled);
+        assert_eq!(t2.join().unwrap(), Error::Canceled);
+    });
+}
+
+#[test]
+fn concurrent_cancels_first_wins_and_descendants_agree() {
+    model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let (grandchild, _g) = child.with_cancel();
+        let t1 = thread::spawn(move || cancel_parent.cancel_with_cause("parent"));
+        let t2 = thread::spawn(move || cancel_child.cancel_with_cause("child"));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_eq!(cause_str(&parent), "parent");
+        let c = child.cause().unwrap();
+        assert!(c.to_string() == "parent" || c.to_string() == "child");
+        assert!(Arc::ptr_eq(&c, &grandchild.cause().unwrap()));
+        if c.to_string() == "parent" {
+            assert!(Arc::ptr_eq(&c, &parent.cause().unwrap()));
+        }
+    });
+}
+
+#[test]
+fn every_descendant_is_done_when_a_losing_cancel_returns() {
+    model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, _c) = parent.with_cancel();
+        let (grandchild, _g) = child.with_cancel();
+        let other = cancel.clone();
+        let t = thread::spawn(move || {
+            other.cancel();
+            // Whichever cancel won, this one returns only once the whole
+            // subtree is done (helping).
+            assert!(grandchild.is_done());
+        });
+        cancel.cancel();
+        assert!(child.is_done());
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn err_and_cause_never_disagree_while_cancelling() {
+    model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let c = ctx.clone();
+        let t = thread::spawn(move || cancel.cancel_with_cause("why"));
+        for _ in 0..2 {
+            let done = c.is_done();
+            let err = c.err();
+            let cause = c.cause();
+            if done {
+                assert!(err.is_err());
+            }
+            if err.is_err() {
+                assert_eq!(cause.expect("err implies cause").to_string(), "why");
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(cause_str(&ctx), "why");
+    });
+}
+
+#[test]
+fn stop_racing_cancel_exactly_one_wins() {
+    model(|| {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (ctx, cancel) = Context::background().with_cancel();
+        let r = ran.clone();
+        let af = ctx.after_func(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let t = thread::spawn(move || af.stop());
+        cancel.cancel();
+        let stopped = t.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst) + usize::from(stopped), 1);
+    });
+}
+
+#[test]
+fn after_func_registered_racing_cancel_runs_once() {
+    model(|| {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (ctx, cancel) = Context::background().with_cancel();
+        let r = ran.clone();
+        let c = ctx.clone();
+        let t = thread::spawn(move || {
+            drop(c.after_func(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+            __private::flush_epoch();
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn merge_with_both_parents_cancelled_concurrently_takes_one_outcome() {
+    model(|| {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, _h) = a.merge(&b);
+        let t1 = thread::spawn(move || cancel_a.cancel_with_cause("a"));
+        let t2 = thread::spawn(move || cancel_b.cancel_with_cause("b"));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        let c = m.cause().unwrap();
+        assert!(Arc::ptr_eq(&c, &a.cause().unwrap()) || Arc::ptr_eq(&c, &b.cause().unwrap()));
+    });
+}
+
+#[test]
+fn merge_dropped_racing_parent_cancel_leaves_nothing_behind() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (a, _cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, h) = a.merge(&b);
+        let m = m.with_value(Tracked(drops.clone()));
+        let t = thread::spawn(move || {
+            drop(m);
+            drop(h);
+        });
+        cancel_b.cancel();
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(!a.is_done());
+    });
+}
+
+#[test]
+fn deadline_firing_racing_manual_cancel_is_consistent() {
+    model(|| {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (ctx, cancel) = Context::background().with_deadline_cause(far, "slow");
+        let (child, _c) = ctx.with_cancel();
+        let timer_view = ctx.clone();
+        let t = thread::spawn(move || assert!(__private::fire_deadline(&timer_view)));
+        cancel.cancel();
+        t.join().unwrap();
+        match ctx.err() {
+            Err(Error::DeadlineExceeded) => assert_eq!(cause_str(&ctx), "slow"),
+            Err(Error::Canceled) => assert_eq!(cause_str(&ctx), "context canceled"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Arc::ptr_eq(&child.cause().unwrap(), &ctx.cause().unwrap()));
+    });
+}
+
+#[test]
+fn cancel_chain_racing_drop_of_the_middle_reaches_the_leaf() {
+    model(|| {
+        let (root, cancel) = Context::background().with_cancel();
+        let (mid, mid_h) = root.with_cancel();
+        let (leaf, _l) = mid.with_cancel();
+        let t = thread::spawn(move || {
+            drop(mid);
+            drop(mid_h);
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert!(leaf.is_done());
+        assert!(Arc::ptr_eq(&leaf.cause().unwrap(), &root.cause().unwrap()));
+    });
+}
+
+#[test]
+fn drop_child_racing_derive_sibling_keeps_the_list_intact() {
+    model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (first, first_h) = parent.with_cancel();
+        let t = thread::spawn(move || {
+            drop(first);
+            drop(first_h);
+        });
+        let (second, _s) = parent.with_cancel();
+        t.join().unwrap();
+        cancel.cancel();
+        assert!(second.is_done());
+    });
+}
+
+#[test]
+fn nodes_freed_while_the_canceller_walks_the_list() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (a, ha) = parent.with_cancel();
+        let (b, hb) = parent.with_cancel();
+        let a = a.with_value(Tracked(drops.clone()));
+        let b = b.with_value(Tracked(drops.clone()));
+        let t = thread::spawn(move || {
+            drop((a, ha));
+            drop((b, hb));
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    });
+}
