@@ -121,7 +121,8 @@ pub mod __private {
         }
     }
 
-    /// Nodes allocated and not yet freed (loom and debug builds only).
+    /// Nodes allocated and not yet retired (freed, or handed to the epoch
+    /// with no claim left). Loom and debug builds only.
     #[cfg(any(loom, debug_assertions))]
     pub fn live_nodes() -> isize {
         crate::node::LIVE_NODES.load(std::sync::atomic::Ordering::Relaxed)

@@ -100,7 +100,7 @@ fn event_slow(scope: &CancelNode) -> &Event {
     ) {
         Err(winner) => {
             // SAFETY: ours, never published.
-            unsafe { super::free(fresh.cast()) };
+            unsafe { super::free_now(fresh.cast()) };
             // SAFETY: published entries live as long as their owner.
             unsafe { &(*winner).event }
         }

@@ -1,0 +1,492 @@
+//! Workloads that criterion's per-iteration model does not fit: large
+//! one-shot structures (W5 fan-out, W6 deep chains), latency distributions
+//! (W7) and wake-all times (W8), with their physical limits
+//! (L_park_unpark, L_tokio_wake_1000).
+//!
+//! Each workload is repeated and summarised (median, p10/p90, p99) into
+//! `<target>/ctxtree-bench/bulk.jsonl` (see `support::results_dir`).
+//! `CTXTREE_BENCH_QUICK=1` runs fewer repetitions.
+//!
+//! The 1,000,000-level chain on a 256 KiB stack runs in a child process per
+//! implementation (this binary re-executed with `CTXTREE_BENCH_CHILD`), so
+//! a stack overflow is recorded as a failure instead of ending the run.
+
+mod support;
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskCx, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use ctxtree::Context;
+use support::{mutex_port, ns, record, record_check, stats};
+use tokio_util::sync::CancellationToken;
+
+const FILE: &str = "bulk";
+const IMPLS: [&str; 3] = ["ctxtree", "tokio-util", "mutex-port"];
+
+fn reps(full: usize, quick: usize) -> usize {
+    if support::quick() {
+        quick
+    } else {
+        full
+    }
+}
+
+/// Runs `f` on a thread with a large stack (the peers recurse).
+fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+// ---- W5: fan-out ------------------------------------------------------------
+
+const FANOUT: usize = 100_000;
+
+/// (build, cancel, drop) in ns per child for one run.
+fn w5_once(imp: &str) -> [f64; 3] {
+    let n = FANOUT;
+    match imp {
+        "ctxtree" => {
+            let (parent, h) = Context::background().with_cancel();
+            let mut kids = Vec::with_capacity(n);
+            let t = Instant::now();
+            for _ in 0..n {
+                kids.push(parent.with_cancel());
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            h.cancel();
+            let cancel = t.elapsed();
+            assert!(kids[n / 2].0.is_done());
+            let t = Instant::now();
+            drop(kids);
+            drop(parent);
+            drop(h);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        "tokio-util" => {
+            let parent = CancellationToken::new();
+            let mut kids = Vec::with_capacity(n);
+            let t = Instant::now();
+            for _ in 0..n {
+                kids.push(parent.child_token());
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            parent.cancel();
+            let cancel = t.elapsed();
+            assert!(kids[n / 2].is_cancelled());
+            let t = Instant::now();
+            drop(kids);
+            drop(parent);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        "mutex-port" => {
+            let (parent, h) = mutex_port::Ctx::background().with_cancel();
+            let mut kids = Vec::with_capacity(n);
+            let t = Instant::now();
+            for _ in 0..n {
+                kids.push(parent.with_cancel());
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            h.cancel();
+            let cancel = t.elapsed();
+            assert!(kids[n / 2].0.is_done());
+            let t = Instant::now();
+            drop(kids);
+            drop(parent);
+            drop(h);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn w5() {
+    for imp in IMPLS {
+        let mut runs = [vec![], vec![], vec![]];
+        w5_once(imp); // warm-up (allocator, page faults)
+        for _ in 0..reps(15, 3) {
+            let r = w5_once(imp);
+            for i in 0..3 {
+                runs[i].push(r[i]);
+            }
+        }
+        for (i, phase) in ["build", "cancel", "drop"].iter().enumerate() {
+            record(FILE, &format!("W5_fanout_cancel/{phase}"), imp, "ns/child", stats(&runs[i]));
+        }
+    }
+}
+
+// ---- W6: deep chain ---------------------------------------------------------
+
+/// (build, cancel root, drop) in ns per level for one chain of `n`.
+fn w6_once(imp: &str, n: usize) -> [f64; 3] {
+    match imp {
+        "ctxtree" => {
+            let (root, h) = Context::background().with_cancel();
+            let mut levels = Vec::with_capacity(n);
+            let t = Instant::now();
+            let mut ctx = root.clone();
+            for _ in 0..n {
+                let (c, hh) = ctx.with_cancel();
+                levels.push((ctx, hh));
+                ctx = c;
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            h.cancel();
+            let cancel = t.elapsed();
+            assert!(ctx.is_done());
+            let t = Instant::now();
+            drop(levels);
+            drop(ctx);
+            drop(root);
+            drop(h);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        "tokio-util" => {
+            let root = CancellationToken::new();
+            let mut levels = Vec::with_capacity(n);
+            let t = Instant::now();
+            let mut tok = root.clone();
+            for _ in 0..n {
+                let c = tok.child_token();
+                levels.push(tok);
+                tok = c;
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            root.cancel();
+            let cancel = t.elapsed();
+            assert!(tok.is_cancelled());
+            let t = Instant::now();
+            drop(levels);
+            drop(tok);
+            drop(root);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        "mutex-port" => {
+            let (root, h) = mutex_port::Ctx::background().with_cancel();
+            let mut levels = Vec::with_capacity(n);
+            let t = Instant::now();
+            let mut ctx = root.clone();
+            for _ in 0..n {
+                let (c, hh) = ctx.with_cancel();
+                levels.push((ctx, hh));
+                ctx = c;
+            }
+            let build = t.elapsed();
+            let t = Instant::now();
+            h.cancel();
+            let cancel = t.elapsed();
+            assert!(ctx.is_done());
+            let t = Instant::now();
+            drop(levels);
+            drop(ctx);
+            drop(root);
+            drop(h);
+            let dropped = t.elapsed();
+            [build, cancel, dropped].map(|d| ns(d) / n as f64)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn w6() {
+    const DEPTH: usize = 10_000;
+    for imp in IMPLS {
+        let runs = on_big_stack(move || {
+            let mut runs = [vec![], vec![], vec![]];
+            w6_once(imp, DEPTH);
+            for _ in 0..reps(25, 5) {
+                let r = w6_once(imp, DEPTH);
+                for i in 0..3 {
+                    runs[i].push(r[i]);
+                }
+            }
+            runs
+        });
+        for (i, phase) in ["build", "cancel", "drop"].iter().enumerate() {
+            record(FILE, &format!("W6_deep_chain/{phase}"), imp, "ns/level", stats(&runs[i]));
+        }
+    }
+    // 1,000,000 levels on a 256 KiB stack, one child process each.
+    let exe = std::env::current_exe().unwrap();
+    for imp in IMPLS {
+        let t = Instant::now();
+        let out = std::process::Command::new(&exe)
+            .env("CTXTREE_BENCH_CHILD", format!("w6_1m:{imp}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let note = if out.status.success() {
+            "completed".to_string()
+        } else if stderr.contains("overflow") {
+            "stack overflow".to_string()
+        } else {
+            format!("failed: {}", out.status)
+        };
+        record_check(FILE, "W6_deep_chain/1M_on_256KiB", imp, out.status.success(), secs, &note);
+    }
+}
+
+/// Child process: build, cancel and drop a 1,000,000-level chain on a
+/// thread with a 256 KiB stack.
+fn w6_1m_child(imp: &str) {
+    let imp = imp.to_string();
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            w6_once(&imp, 1_000_000);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+// ---- W7: cancel-to-wake latency of one blocked thread ------------------------
+
+/// One round: a thread blocks in `wait`, then the main thread cancels. The
+/// latency runs from just before the cancel call to just after the waiter
+/// returns (one monotonic clock, read on both threads).
+fn wake_round<W, C>(wait: W, cancel: C) -> f64
+where
+    W: FnOnce() + Send + 'static,
+    C: FnOnce(&std::thread::Thread),
+{
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = ready.clone();
+    let waiter = std::thread::spawn(move || {
+        r2.store(true, Ordering::Release);
+        wait();
+        Instant::now()
+    });
+    while !ready.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    // Give the waiter time to block for real (park in the kernel).
+    std::thread::sleep(Duration::from_micros(300));
+    let t0 = Instant::now();
+    cancel(waiter.thread());
+    let woke = waiter.join().unwrap();
+    ns(woke.saturating_duration_since(t0))
+}
+
+fn w7() {
+    let rounds = reps(1500, 150);
+    let mut lat: Vec<f64>;
+
+    let (parent, _hp) = Context::background().with_cancel();
+    lat = (0..rounds)
+        .map(|_| {
+            let (ctx, h) = parent.with_cancel();
+            wake_round(move || { black_box(ctx.wait()); }, |_| h.cancel())
+        })
+        .collect();
+    record(FILE, "W7_wake_latency", "ctxtree", "ns", stats(&lat));
+
+    let parent = CancellationToken::new();
+    lat = (0..rounds)
+        .map(|_| {
+            let tok = parent.child_token();
+            let t2 = tok.clone();
+            wake_round(move || futures::executor::block_on(t2.cancelled()), |_| tok.cancel())
+        })
+        .collect();
+    record(FILE, "W7_wake_latency", "tokio-util", "ns", stats(&lat));
+
+    let (parent, _hp) = mutex_port::Ctx::background().with_cancel();
+    lat = (0..rounds)
+        .map(|_| {
+            let (ctx, h) = parent.with_cancel();
+            wake_round(move || { black_box(ctx.wait()); }, |_| h.cancel())
+        })
+        .collect();
+    record(FILE, "W7_wake_latency", "mutex-port", "ns", stats(&lat));
+
+    // The limit: a bare flag + thread::park/unpark (futex) round trip.
+    lat = (0..rounds)
+        .map(|_| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let f2 = flag.clone();
+            wake_round(
+                move || {
+                    while !f2.load(Ordering::Acquire) {
+                        std::thread::park();
+                    }
+                },
+                |t| {
+                    flag.store(true, Ordering::Release);
+                    t.unpark();
+                },
+            )
+        })
+        .collect();
+    record(FILE, "L_park_unpark", "limit", "ns", stats(&lat));
+}
+
+// ---- W8: wake 1,000 tasks ---------------------------------------------------
+
+const TASKS: usize = 1000;
+
+/// A bare one-shot wake-all primitive: a flag and a mutex-guarded waker
+/// list. The limit for W8: tokio scheduling 1,000 woken tasks with nothing
+/// but this in between.
+#[derive(Default)]
+struct Bare {
+    flag: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+struct BareWait(Arc<Bare>, bool);
+
+impl Future for BareWait {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<()> {
+        if self.0.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !self.1 {
+            self.0.wakers.lock().unwrap().push(cx.waker().clone());
+            self.1 = true;
+            if self.0.flag.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Bare {
+    fn fire(&self) {
+        self.flag.store(true, Ordering::Release);
+        for w in std::mem::take(&mut *self.wakers.lock().unwrap()) {
+            w.wake();
+        }
+    }
+}
+
+/// One round on a current-thread runtime: spawn `TASKS` tasks awaiting
+/// `make_wait()`, let every one of them register, cancel, and take the time
+/// from just before the cancel to the completion of the last task.
+fn wake_many_round<F, W, C>(rt: &tokio::runtime::Runtime, make_wait: W, cancel: C) -> f64
+where
+    W: Fn() -> F,
+    F: Future + Send + 'static,
+    C: FnOnce(),
+{
+    rt.block_on(async {
+        let started = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let end = Arc::new(Mutex::new(None::<Instant>));
+        let all_done = Arc::new(tokio::sync::Notify::new());
+        for _ in 0..TASKS {
+            let fut = make_wait();
+            let (s, f, e, n) = (started.clone(), finished.clone(), end.clone(), all_done.clone());
+            tokio::spawn(async move {
+                s.fetch_add(1, Ordering::Relaxed);
+                fut.await;
+                if f.fetch_add(1, Ordering::Relaxed) + 1 == TASKS {
+                    *e.lock().unwrap() = Some(Instant::now());
+                    n.notify_one();
+                }
+            });
+        }
+        // Every task increments `started` and registers in the same poll.
+        while started.load(Ordering::Relaxed) < TASKS {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(finished.load(Ordering::Relaxed), 0);
+        let t0 = Instant::now();
+        cancel();
+        all_done.notified().await;
+        let end = end.lock().unwrap().unwrap();
+        ns(end - t0)
+    })
+}
+
+fn w8() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rounds = reps(300, 30);
+
+    let (parent, _hp) = Context::background().with_cancel();
+    let lat: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (ctx, h) = parent.with_cancel();
+            wake_many_round(&rt, || ctx.done(), || h.cancel())
+        })
+        .collect();
+    record(FILE, "W8_wake_many", "ctxtree", "ns", stats(&lat));
+
+    let parent = CancellationToken::new();
+    let lat: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let tok = parent.child_token();
+            wake_many_round(&rt, || tok.clone().cancelled_owned(), || tok.cancel())
+        })
+        .collect();
+    record(FILE, "W8_wake_many", "tokio-util", "ns", stats(&lat));
+
+    let (parent, _hp) = mutex_port::Ctx::background().with_cancel();
+    let lat: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (ctx, h) = parent.with_cancel();
+            wake_many_round(&rt, || ctx.done(), || h.cancel())
+        })
+        .collect();
+    record(FILE, "W8_wake_many", "mutex-port", "ns", stats(&lat));
+
+    let lat: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let bare = Arc::new(Bare::default());
+            wake_many_round(&rt, || BareWait(bare.clone(), false), || bare.fire())
+        })
+        .collect();
+    record(FILE, "L_tokio_wake_1000", "limit", "ns", stats(&lat));
+}
+
+fn main() {
+    if let Ok(child) = std::env::var("CTXTREE_BENCH_CHILD") {
+        if let Some(imp) = child.strip_prefix("w6_1m:") {
+            w6_1m_child(imp);
+            return;
+        }
+        panic!("unknown child job {child}");
+    }
+    // `cargo bench -- <filter>`: run only the workloads whose name contains
+    // one of the arguments (cargo passes `--bench`, ignored).
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let want = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    if filters.is_empty() {
+        support::reset(FILE);
+    }
+    if want("W5_fanout_cancel") {
+        w5();
+    }
+    if want("W6_deep_chain") {
+        w6();
+    }
+    if want("W7_wake_latency") || want("L_park_unpark") {
+        w7();
+    }
+    if want("W8_wake_many") || want("L_tokio_wake_1000") {
+        w8();
+    }
+}
