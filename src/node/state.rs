@@ -151,7 +151,6 @@ impl StateWord {
     ///
     /// AcqRel: Release publishes the record; Acquire lets the loser read
     /// the winner's record.
-    #[must_use]
     pub(crate) fn try_finish(&self, done: Snapshot) -> Result<Snapshot, Snapshot> {
         match self
             .0

@@ -36,9 +36,7 @@ pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
     // `b` sides of merges still to search; empty unless merges are met.
     let mut branches: Vec<NonNull<Header>> = Vec::new();
     loop {
-        let Some(h) = cur.or_else(|| branches.pop()) else {
-            return None;
-        };
+        let h = cur.or_else(|| branches.pop())?;
         // SAFETY: an ancestor of a held node is alive for `'a`.
         let header = unsafe { h.as_ref() };
         match header.kind {
@@ -73,9 +71,9 @@ pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instan
         // SAFETY: ancestors of a held node are alive.
         let header = unsafe { h.as_ref() };
         match header.kind {
-            // SAFETY: kind checked.
             Kind::Deadline => {
-                return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline)
+                // SAFETY: kind checked.
+                return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline);
             }
             // SAFETY: kind checked.
             Kind::Merge => return unsafe { h.cast::<MergeNode>().as_ref() }.deadline,
