@@ -28,7 +28,7 @@ total=0
 failed=0
 for m in $models; do
   start=$(date +%s.%N)
-  if timeout "$per_model_limit" "$bin" --exact "$m" --test-threads=1 >"/tmp/loom-$m.log" 2>&1; then
+  if timeout "$per_model_limit" "$bin" --exact "$m" --test-threads=1 --nocapture >"/tmp/loom-$m.log" 2>&1; then
     status=ok
   else
     status=FAILED
@@ -37,7 +37,8 @@ for m in $models; do
   fi
   secs=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
   total=$((total + 1))
-  printf 'loom (bound %s) %-70s %s %6ss\n' "$bound" "$m" "$status" "$secs"
+  execs=$(sed -n 's/^loom executions explored: //p' "/tmp/loom-$m.log" | tail -1)
+  printf 'loom (bound %s) %-66s %-6s %7ss %9s executions\n' "$bound" "$m" "$status" "$secs" "${execs:-?}"
 done
 echo "loom: $total models, $failed failed (LOOM_MAX_PREEMPTIONS=$bound)"
 [ "$failed" -eq 0 ]

@@ -16,11 +16,16 @@ use loom::thread;
 /// Runs `f` under loom and checks that every node allocated in the model
 /// was retired: freed, or handed to the epoch with no claim left.
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+    EXECUTIONS.store(0, Ordering::Relaxed);
     loom::model(move || {
+        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
         let before = __private::live_nodes();
         f();
         assert_eq!(__private::live_nodes(), before, "a node was not retired");
     });
+    // Read by .ci/loom.sh for the record in docs/VERIFICATION.md.
+    println!("loom executions explored: {}", EXECUTIONS.load(Ordering::Relaxed));
 }
 
 /// A value whose drop is counted.

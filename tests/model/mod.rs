@@ -1160,6 +1160,9 @@ struct Forest {
 
 struct Shared {
     forest: Mutex<Forest>,
+    /// What each thread did, in roughly the order it did it (printed when a
+    /// quiescent check fails).
+    log: Mutex<Vec<String>>,
     values_dropped: Arc<AtomicUsize>,
     tags: AtomicU32,
     clock: Clock,
@@ -1174,6 +1177,21 @@ impl Drop for Counted {
 }
 
 impl Shared {
+    fn log(&self, what: String) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{name}: {what}"));
+    }
+
+    fn dump_log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
     fn lock(&self) -> MutexGuard<'_, Forest> {
         self.forest.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1325,6 +1343,7 @@ fn check_consistent(shared: &Shared, ctx: &Context, m: usize) {
 
 /// A `done()` future a thread made, with its context and waker.
 struct ThreadDone {
+    node: usize,
     ctx: Context,
     fut: Done,
     waker: Arc<CountingWaker>,
@@ -1376,6 +1395,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             };
             let mut f = shared.lock();
             let id = f.add(cancellable, detached, [pm, om], ctx, handle);
+            drop(f);
+            shared.log(format!("{op:?}: node {id} from {pm:?} and {om:?}"));
+            let mut f = shared.lock();
             // A deadline cause names the node it was given to. (Until this
             // line a context carrying it is not in a slot, so not checked.)
             if let Some(tag) = tag {
@@ -1391,6 +1413,7 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
                 };
                 (h, f.slots[i].node)
             };
+            shared.log(format!("{op:?} on node {m}"));
             match op {
                 Op::Cancel(_) => h.cancel(),
                 Op::CancelWithCause(_) => h.cancel_with_cause(shared.new_tag(false, Some(m))),
@@ -1404,6 +1427,7 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
         }
         Op::FireDeadline(n) => {
             let Some((ctx, m)) = slot_ctx(shared, n) else { return };
+            shared.log(format!("{op:?} on node {m}"));
             if ctxtree::__private::fire_deadline(&ctx) {
                 assert!(ctx.is_done(), "{ctx:?}: fired deadline but not done");
                 descendants_are_done(shared, m);
@@ -1462,7 +1486,7 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             }
         }
         Op::NewDone(n) => {
-            let Some((ctx, _)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, m)) = slot_ctx(shared, n) else { return };
             if dones.len() >= MAX_DONES {
                 return;
             }
@@ -1479,7 +1503,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
                     true
                 }
             };
+            shared.log(format!("done() on node {m}: pending {polled_pending}"));
             dones.push(ThreadDone {
+                node: m,
                 ctx,
                 fut,
                 waker,
@@ -1497,6 +1523,7 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
                         d.polled_pending = true;
                     }
                 }
+                shared.log(format!("polled done() of node {}", d.node));
             }
         }
         Op::DropDone(n) => {
@@ -1569,15 +1596,16 @@ pub fn run_threads_ops(a: Vec<Op>, b: Vec<Op>) {
     let timers_before = armed_timers();
     let shared = Arc::new(Shared {
         forest: Mutex::new(Forest::default()),
+        log: Mutex::new(Vec::new()),
         values_dropped: Arc::new(AtomicUsize::new(0)),
         tags: AtomicU32::new(0),
         clock: Clock::new(),
     });
     let barrier = Arc::new(Barrier::new(2));
-    let spawn = |ops: Vec<Op>| {
+    let spawn = |name: &str, ops: Vec<Op>| {
         let shared = Arc::clone(&shared);
         let barrier = Arc::clone(&barrier);
-        std::thread::spawn(move || {
+        std::thread::Builder::new().name(name.into()).spawn(move || {
             let mut dones = Vec::new();
             barrier.wait();
             for op in ops {
@@ -1595,9 +1623,10 @@ pub fn run_threads_ops(a: Vec<Op>, b: Vec<Op>) {
             }
             dones
         })
+        .expect("spawn a harness thread")
     };
-    let t1 = spawn(a);
-    let t2 = spawn(b);
+    let t1 = spawn("t1", a);
+    let t2 = spawn("t2", b);
     let r1 = t1.join();
     let r2 = t2.join();
     let dones = match (r1, r2) {
@@ -1612,8 +1641,10 @@ pub fn run_threads_ops(a: Vec<Op>, b: Vec<Op>) {
         if d.polled_pending && d.ctx.is_done() {
             assert!(
                 d.waker.0.load(Ordering::SeqCst) > 0,
-                "a pending done() of {:?} was not woken",
-                d.ctx
+                "a pending done() of node {} {:?} was not woken; log:\n{}",
+                d.node,
+                d.ctx,
+                shared.dump_log()
             );
         }
     }

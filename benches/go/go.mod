@@ -1,0 +1,3 @@
+module ctxtreebench
+
+go 1.21
