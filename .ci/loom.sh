@@ -37,7 +37,7 @@ for m in $models; do
   fi
   secs=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
   total=$((total + 1))
-  execs=$(sed -n 's/^loom executions explored: //p' "/tmp/loom-$m.log" | tail -1)
+  execs=$(sed -n 's/.*loom executions explored: \([0-9]*\).*/\1/p' "/tmp/loom-$m.log" | tail -1)
   printf 'loom (bound %s) %-66s %-6s %7ss %9s executions\n' "$bound" "$m" "$status" "$secs" "${execs:-?}"
 done
 echo "loom: $total models, $failed failed (LOOM_MAX_PREEMPTIONS=$bound)"

@@ -25,7 +25,7 @@ if ! "$go_bin" version >/dev/null 2>&1; then
   echo "benches/go: skipped (no working go binary)"
   exit 0
 fi
-"$go_bin" version
+"$go_bin" version | tee "$results/go-version.txt"
 # Local toolchain only, no module downloads (the program has no dependencies).
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=off
 export GOCACHE="${venv:-${TMPDIR:-/tmp}}/gocache" GOPATH="${venv:-${TMPDIR:-/tmp}}/gopath"

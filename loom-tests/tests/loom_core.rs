@@ -137,10 +137,9 @@ fn concurrent_cancels_first_wins_and_descendants_agree() {
         let (parent, cancel_parent) = Context::background().with_cancel();
         let (child, cancel_child) = parent.with_cancel();
         let (grandchild, _g) = child.with_cancel();
-        let t1 = thread::spawn(move || cancel_parent.cancel_with_cause("parent"));
-        let t2 = thread::spawn(move || cancel_child.cancel_with_cause("child"));
-        t1.join().unwrap();
-        t2.join().unwrap();
+        let t = thread::spawn(move || cancel_parent.cancel_with_cause("parent"));
+        cancel_child.cancel_with_cause("child");
+        t.join().unwrap();
         assert_eq!(cause_str(&parent), "parent");
         let c = child.cause().unwrap();
         assert!(c.to_string() == "parent" || c.to_string() == "child");
@@ -232,10 +231,9 @@ fn merge_with_both_parents_cancelled_concurrently_takes_one_outcome() {
         let (a, cancel_a) = Context::background().with_cancel();
         let (b, cancel_b) = Context::background().with_cancel();
         let (m, _h) = a.merge(&b);
-        let t1 = thread::spawn(move || cancel_a.cancel_with_cause("a"));
-        let t2 = thread::spawn(move || cancel_b.cancel_with_cause("b"));
-        t1.join().unwrap();
-        t2.join().unwrap();
+        let t = thread::spawn(move || cancel_a.cancel_with_cause("a"));
+        cancel_b.cancel_with_cause("b");
+        t.join().unwrap();
         let c = m.cause().unwrap();
         assert!(Arc::ptr_eq(&c, &a.cause().unwrap()) || Arc::ptr_eq(&c, &b.cause().unwrap()));
     });
