@@ -86,6 +86,10 @@ mod sync;
 #[cfg(not(loom))]
 mod timer;
 
+#[cfg(all(feature = "tower", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod integrations;
+
 pub use crate::after_func::AfterFunc;
 pub use crate::context::Context;
 pub use crate::error::{Cause, Error};

@@ -295,6 +295,25 @@ fn cancel_chain_racing_drop_of_the_middle_reaches_the_leaf() {
 }
 
 #[test]
+fn cancel_root_racing_drop_of_the_rest_of_the_chain_frees_it() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (root, cancel) = Context::background().with_cancel();
+        let (mid, mid_h) = root.with_cancel();
+        let (leaf, leaf_h) = mid.with_cancel();
+        let leaf = leaf.with_value(Tracked(drops.clone()));
+        let t = thread::spawn(move || {
+            drop((leaf, leaf_h));
+            drop((mid, mid_h));
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(root.is_done());
+    });
+}
+
+#[test]
 fn drop_child_racing_derive_sibling_keeps_the_list_intact() {
     model(|| {
         let (parent, cancel) = Context::background().with_cancel();

@@ -886,9 +886,7 @@ impl Single {
                 }
                 let i = usize::from(n) % self.dones.len();
                 let mut d = self.dones.swap_remove(i);
-                if self.poll_checked(d.node, &mut d.fut, &d.waker) {
-                    d.polled_pending = true;
-                }
+                d.polled_pending = self.poll_checked(d.node, &mut d.fut, &d.waker);
                 self.dones.push(d);
             }
             Op::DropDone(n) => {
@@ -1347,6 +1345,10 @@ struct ThreadDone {
     ctx: Context,
     fut: Done,
     waker: Arc<CountingWaker>,
+    /// The last poll returned `Pending`: a wake-up is owed once done. (A
+    /// later poll that returned `Ready` settles it: a poll racing with the
+    /// cancel may see done and drop its listener before the notifier gets
+    /// to it, and that is fine.)
     polled_pending: bool,
 }
 
@@ -1517,7 +1519,10 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
                 let d = &mut dones[i];
                 let was_done = d.ctx.is_done();
                 match poll_done(&mut d.fut, &d.waker) {
-                    Poll::Ready(e) => assert_eq!(Err(e), d.ctx.err(), "done() result"),
+                    Poll::Ready(e) => {
+                        assert_eq!(Err(e), d.ctx.err(), "done() result");
+                        d.polled_pending = false;
+                    }
                     Poll::Pending => {
                         assert!(!was_done, "done() pending on a done context");
                         d.polled_pending = true;
