@@ -125,11 +125,18 @@ pub mod __private {
         }
     }
 
-    /// Nodes allocated and not yet retired (freed, or handed to the epoch
-    /// with no claim left). Loom and debug builds only.
+    /// Node memory claims not yet released (or handed to the epoch for
+    /// release), process-wide. Loom and debug builds only: a model or test
+    /// that ends where it started has freed every node it made.
+    #[cfg(any(loom, debug_assertions))]
+    pub fn live_claims() -> isize {
+        crate::node::LIVE_CLAIMS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Same as [`live_claims`] (older name used by some tests).
     #[cfg(any(loom, debug_assertions))]
     pub fn live_nodes() -> isize {
-        crate::node::LIVE_NODES.load(std::sync::atomic::Ordering::Relaxed)
+        live_claims()
     }
 
     /// Size in bytes of a `with_cancel` node.

@@ -46,6 +46,21 @@ pub(crate) fn pin() -> Guard {
     HANDLE.with(|handle| handle.pin())
 }
 
+/// An epoch pin taken on first use: paths that usually need no pin (a
+/// derive-then-drop, a cancel with no children) never pay for one.
+pub(crate) struct LazyGuard(Option<Guard>);
+
+impl LazyGuard {
+    pub(crate) fn new() -> Self {
+        LazyGuard(None)
+    }
+
+    /// The pin, taken now if not yet.
+    pub(crate) fn get(&mut self) -> &Guard {
+        self.0.get_or_insert_with(pin)
+    }
+}
+
 /// An `UnsafeCell` with loom's closure-based access API, so loom can check
 /// that no two threads touch the cell at once.
 #[derive(Debug)]

@@ -13,19 +13,27 @@ use std::time::{Duration, Instant};
 use ctxtree::{__private, Context, Error};
 use loom::thread;
 
-/// Runs `f` under loom and checks that every node allocated in the model
-/// was retired: freed, or handed to the epoch with no claim left.
+/// Runs `f` under loom and checks that every node memory claim taken in the
+/// model was released (or handed to the epoch for release): every node the
+/// model made is freed.
 fn model(f: impl Fn() + Sync + Send + 'static) {
     static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
     EXECUTIONS.store(0, Ordering::Relaxed);
     loom::model(move || {
         EXECUTIONS.fetch_add(1, Ordering::Relaxed);
-        let before = __private::live_nodes();
+        let before = __private::live_claims();
         f();
-        assert_eq!(__private::live_nodes(), before, "a node was not retired");
+        assert_eq!(
+            __private::live_claims(),
+            before,
+            "a node memory claim was never released"
+        );
     });
     // Read by .ci/loom.sh for the record in docs/VERIFICATION.md.
-    println!("loom executions explored: {}", EXECUTIONS.load(Ordering::Relaxed));
+    println!(
+        "loom executions explored: {}",
+        EXECUTIONS.load(Ordering::Relaxed)
+    );
 }
 
 /// A value whose drop is counted.

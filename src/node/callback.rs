@@ -12,7 +12,7 @@
 use std::ptr::NonNull;
 
 use super::{release_claim, CancelNode, Header, Kind, NodeRef, FLAG_LINKED};
-use crate::sync::{pin, AtomicU8, Ordering, UnsafeCell};
+use crate::sync::{AtomicU8, LazyGuard, Ordering, UnsafeCell};
 
 const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
@@ -57,7 +57,7 @@ pub(crate) fn register(
         unsafe {
             let n = &mut *node.as_ptr();
             n.header.flags = FLAG_LINKED;
-            n.header.claims = crate::sync::AtomicU16::new(2);
+            super::set_claims(&n.header, 2);
             n.owner = Some(NodeRef::acquire(scope.cast()).into_raw().cast());
         }
         // SAFETY: valid and unpublished, claims include the list's.
@@ -69,7 +69,7 @@ pub(crate) fn register(
         unsafe {
             let n = &mut *node.as_ptr();
             n.header.flags = 0;
-            n.header.claims = crate::sync::AtomicU16::new(1);
+            super::set_claims(&n.header, 1);
             if let Some(owner) = n.owner.take() {
                 drop(NodeRef::from_raw(owner.cast()));
             }
@@ -78,10 +78,8 @@ pub(crate) fn register(
     // Done: run `f` now, on the calling thread.
     // SAFETY: unpublished, so the entry and `f` are ours.
     let f = unsafe { (*node.as_ptr()).f.with_mut(|f| (*f).take()) };
-    let guard = pin();
-    // SAFETY: the handle's claim, which the caller will not get.
-    unsafe { release_claim(node.cast(), &guard) };
-    drop(guard);
+    // SAFETY: never published: nobody else can reach it.
+    unsafe { super::free_with_claims(node.cast()) };
     if let Some(f) = f {
         f();
     }
@@ -137,14 +135,14 @@ pub(crate) fn stop(cb: &CallbackNode) -> bool {
     drop(cb.f.with_mut(|f| unsafe { (*f).take() }));
     if let Some(owner) = cb.owner {
         if cb.header.next.mark() {
-            let guard = pin();
+            let mut guard = LazyGuard::new();
             // SAFETY: the pending entry still holds the owner, so the list
             // is alive; the entry is linked there and now marked.
             unsafe {
                 owner
                     .as_ref()
                     .children
-                    .remove_marked(NonNull::from(&cb.header), &guard)
+                    .remove_marked(NonNull::from(&cb.header), &mut guard)
             };
         }
         // SAFETY: the reference the pending entry held.
@@ -167,7 +165,7 @@ pub(crate) unsafe fn release_handle(cb: NonNull<CallbackNode>) {
         // SAFETY: unlinked, so no other thread can touch `f`.
         drop(c.f.with_mut(|f| unsafe { (*f).take() }));
     }
-    let guard = pin();
-    // SAFETY: the handle's claim.
-    unsafe { release_claim(cb.cast(), &guard) };
+    // SAFETY: the handle's claim; a traverser relies on the list's claim,
+    // not on this one (invariant 5).
+    unsafe { release_claim(cb.cast()) };
 }

@@ -31,7 +31,7 @@ use super::{
     as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
 };
 use crate::error::{Cause, Error};
-use crate::sync::pin;
+use crate::sync::LazyGuard;
 
 /// Cancels `node` with `err` and `cause` (first cancellation wins) and
 /// returns once the node and every descendant are done.
@@ -95,7 +95,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     let mut panics = Panics::default();
     let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
     {
-        let guard = pin();
+        let mut guard = LazyGuard::new();
         let mut work: Vec<(NonNull<CancelNode>, Snapshot)> = vec![(root, word)];
         // Merge nodes are reachable along two paths; walk each once per
         // cancellation and detach them once the whole walk is over.
@@ -114,6 +114,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             }
             let child_word = word.borrowed();
             let sealed = c.children.seal();
+            if sealed.is_empty() {
+                // A leaf (no children, callbacks or waiters): no pin needed.
+                continue;
+            }
             let mut visit = |child: NonNull<CancelNode>| {
                 // SAFETY: reached while pinned.
                 let cc = unsafe { child.as_ref() };
@@ -129,29 +133,31 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             };
             // SAFETY: pinned for the whole walk.
             unsafe {
-                sealed.for_each(&guard, |entry: NonNull<Header>| match entry.as_ref().kind {
-                    Kind::Cancel | Kind::Deadline | Kind::Merge => {
-                        if let Some(child) = as_cancel(entry) {
-                            visit(child);
+                sealed.for_each(guard.get(), |entry: NonNull<Header>| {
+                    match entry.as_ref().kind {
+                        Kind::Cancel | Kind::Deadline | Kind::Merge => {
+                            if let Some(child) = as_cancel(entry) {
+                                visit(child);
+                            }
                         }
-                    }
-                    Kind::Forward => visit(entry.cast::<ForwardNode>().as_ref().target),
-                    Kind::Callback => {
-                        let cb = entry.cast::<CallbackNode>();
-                        if callback::claim_for_run(cb.as_ref()) {
-                            callbacks.push(cb);
+                        Kind::Forward => visit(entry.cast::<ForwardNode>().as_ref().target),
+                        Kind::Callback => {
+                            let cb = entry.cast::<CallbackNode>();
+                            if callback::claim_for_run(cb.as_ref()) {
+                                callbacks.push(cb);
+                            }
                         }
-                    }
-                    Kind::Waiters => {
-                        let w = entry.cast::<WaitersNode>();
-                        panics.run(|| w.as_ref().notify_all());
-                        // Wakers run under a panic-catching wrapper (see
-                        // `wait`); collect what they threw.
-                        if let Some(payload) = take_wake_panic() {
-                            panics.0.get_or_insert(payload);
+                        Kind::Waiters => {
+                            let w = entry.cast::<WaitersNode>();
+                            panics.run(|| w.as_ref().notify_all());
+                            // Wakers run under a panic-catching wrapper (see
+                            // `wait`); collect what they threw.
+                            if let Some(payload) = take_wake_panic() {
+                                panics.0.get_or_insert(payload);
+                            }
                         }
+                        Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
                     }
-                    Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
                 })
             };
         }
@@ -160,7 +166,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // SAFETY: the caller holds `root`.
         unsafe { root.as_ref() }.children.mark_complete();
         // SAFETY: the caller holds `root`; merges are pinned.
-        unsafe { derive::detach(root, &guard) };
+        unsafe { derive::detach(root, &mut guard) };
         for m in merges {
             if m == root {
                 continue;
@@ -169,7 +175,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // itself when it died; a live one is held while we detach it.
             if let Some(held) = unsafe { NodeRef::try_acquire(m.cast()) } {
                 // SAFETY: held.
-                unsafe { derive::detach(m, &guard) };
+                unsafe { derive::detach(m, &mut guard) };
                 drop(held);
             }
         }

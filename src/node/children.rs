@@ -26,7 +26,7 @@
 use std::ptr::{self, NonNull};
 
 use super::Header;
-use crate::sync::{spin_hint, AtomicPtr, AtomicU64, Guard, Ordering};
+use crate::sync::{spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
 const SEALED: usize = 0b01;
@@ -37,6 +37,11 @@ const COMPLETE: usize = 0b10;
 const MARK: usize = 0b1;
 /// The smallest garbage count that triggers a sweep.
 pub(crate) const MIN_SWEEP: u32 = 64;
+/// `garbage` bits 0..24: marked entries not yet unlinked.
+const DEAD_MASK: u64 = (1 << 24) - 1;
+/// `garbage` bits 24..32: sweeps in progress (one unit each).
+const SWEEPER: u64 = 1 << 24;
+const SWEEPER_MASK: u64 = 0xff << 24;
 
 #[inline]
 fn untag(p: *mut Header) -> *mut Header {
@@ -89,9 +94,9 @@ impl Link {
 /// A node's list of entries (see the module docs).
 pub(crate) struct ChildList {
     head: AtomicPtr<Header>,
-    /// Low 32 bits: marked entries not yet unlinked (approximate, see
-    /// invariant 6). High 32 bits: the count that triggers the next sweep
-    /// (0 means `MIN_SWEEP`).
+    /// Bits 0..24: marked entries not yet unlinked (approximate, see
+    /// invariant 6). Bits 24..32: sweeps in progress (invariant 5). High 32
+    /// bits: the dead count that triggers the next sweep (0: `MIN_SWEEP`).
     garbage: AtomicU64,
 }
 
@@ -165,9 +170,16 @@ impl ChildList {
                 // creation): the Acquire load above is enough.
                 return Sealed(untag(head));
             }
+            // An empty list is complete as soon as it is sealed: nothing
+            // below it to walk (saves `mark_complete` on leaf nodes).
+            let bits = if head.is_null() {
+                SEALED | COMPLETE
+            } else {
+                SEALED
+            };
             match self.head.compare_exchange_weak(
                 head,
-                head.map_addr(|a| a | SEALED),
+                head.map_addr(|a| a | bits),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -214,10 +226,18 @@ impl ChildList {
     /// O(1) at the head; otherwise counted as garbage and swept in bulk
     /// (invariant 6). Nothing is done on a sealed list: its owner drains it.
     ///
+    /// The list's claim on an entry unlinked here at the head is released
+    /// at once when no sweep is running: only a sweep can hold a pointer to
+    /// an entry of an open list (walkers only walk sealed lists), and an
+    /// entry unlinked at the head is unreachable for any sweep that starts
+    /// later (invariant 5). The read-modify-write on `garbage` after the
+    /// unlink and the one a sweep makes before it loads the head are ordered
+    /// one way or the other, so one of the two sides sees the other.
+    ///
     /// # Safety
     /// `entry` is in this list, marked, and the caller keeps the list's owner
     /// alive for the duration of the call.
-    pub(crate) unsafe fn remove_marked(&self, entry: NonNull<Header>, guard: &Guard) {
+    pub(crate) unsafe fn remove_marked(&self, entry: NonNull<Header>, guard: &mut LazyGuard) {
         let head = self.head.load(Ordering::Acquire);
         if head.addr() & SEALED != 0 {
             return;
@@ -233,15 +253,23 @@ impl ChildList {
                 .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                // SAFETY: we unlinked it: the list's claim is ours to drop.
-                unsafe { super::release_claim(entry, guard) };
+                // AcqRel RMW: orders the unlink above against a sweep's
+                // announcement (see the doc comment).
+                let g = self.garbage.fetch_add(0, Ordering::AcqRel);
+                if g & SWEEPER_MASK == 0 {
+                    // SAFETY: we unlinked it and no sweep can reach it.
+                    unsafe { super::release_claim(entry) };
+                } else {
+                    // SAFETY: we unlinked it; a running sweep may hold it.
+                    unsafe { super::release_claim_later(entry, guard.get()) };
+                }
                 return;
             }
         }
         // Relaxed: the counter only schedules sweeps; the list itself is
         // synchronised by the pointers.
         let before = self.garbage.fetch_add(1, Ordering::Relaxed);
-        let dead = (before as u32).wrapping_add(1);
+        let dead = ((before & DEAD_MASK) as u32).wrapping_add(1);
         let threshold = ((before >> 32) as u32).max(MIN_SWEEP);
         if dead == threshold {
             // SAFETY: forwarded from our caller.
@@ -252,21 +280,40 @@ impl ChildList {
             let _ = self
                 .garbage
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| {
-                    let d = (g as u32).saturating_sub(unlinked);
+                    let d = ((g & DEAD_MASK) as u32).saturating_sub(unlinked);
                     let t = next_threshold.max(d.saturating_add(1));
-                    Some(u64::from(d) | (u64::from(t) << 32))
+                    Some(u64::from(d) | (g & SWEEPER_MASK) | (u64::from(t) << 32))
                 });
         }
     }
 
     /// Unlinks every marked entry. Returns (entries unlinked, live entries
     /// seen). Lock-free: a failed compare-exchange means another thread made
-    /// progress on the same list, and we restart from the head.
+    /// progress on the same list, and we restart from the head. The list's
+    /// claim on each entry unlinked here is released through the epoch:
+    /// other sweeps and walkers may still be looking at it (invariant 5).
     ///
     /// # Safety
-    /// The caller is pinned by `guard` and keeps the owner alive (or is the
-    /// owner's dying thread).
-    pub(crate) unsafe fn sweep(&self, guard: &Guard) -> (u32, u32) {
+    /// The caller keeps the owner alive (or is the owner's dying thread).
+    pub(crate) unsafe fn sweep(&self, guard: &mut LazyGuard) -> (u32, u32) {
+        if untag(self.head.load(Ordering::Acquire)).is_null() {
+            return (0, 0);
+        }
+        let guard = guard.get();
+        // AcqRel: announce the sweep before loading the head (see
+        // `remove_marked`).
+        self.garbage.fetch_add(SWEEPER, Ordering::AcqRel);
+        // SAFETY: forwarded; pinned.
+        let result = unsafe { self.sweep_pinned(guard) };
+        // Release: our traversal happens before any free that sees the
+        // count back at zero.
+        self.garbage.fetch_sub(SWEEPER, Ordering::Release);
+        result
+    }
+
+    /// # Safety
+    /// As for `sweep`, and pinned by `guard`.
+    unsafe fn sweep_pinned(&self, guard: &Guard) -> (u32, u32) {
         let mut unlinked = 0u32;
         'restart: loop {
             let mut live = 0u32;
@@ -294,8 +341,9 @@ impl ChildList {
                     ) {
                         Ok(_) => {
                             unlinked += 1;
-                            // SAFETY: we unlinked it.
-                            unsafe { super::release_claim(entry, guard) };
+                            // SAFETY: we unlinked it; others may still
+                            // traverse it, so through the epoch.
+                            unsafe { super::release_claim_later(entry, guard) };
                             curr = replacement;
                         }
                         Err(_) => {
@@ -314,6 +362,11 @@ impl ChildList {
 }
 
 impl Sealed {
+    /// True if the list had no entries when sealed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_null()
+    }
+
     /// Calls `f` on every entry not marked when visited. Entries marked
     /// while we walk may or may not be visited; entries are never added
     /// (invariant 3).

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Cause;
-use crate::sync::{pin, Guard, UnsafeCell};
+use crate::sync::{LazyGuard, UnsafeCell};
 
 /// A header for a child of `parent` with `refs` observers.
 fn child_header(parent: &Context, kind: Kind, refs: u32) -> Header {
@@ -56,7 +56,7 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         return true;
     };
     n.header.flags |= FLAG_LINKED;
-    n.header.claims = crate::sync::AtomicU16::new(2);
+    super::set_claims(&n.header, 2);
     // SAFETY: the scope is alive; the node is valid and unpublished.
     let scope = unsafe { scope.as_ref() };
     // SAFETY: see above; the claims include the list's.
@@ -65,7 +65,7 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         Err(()) => {
             // Still unpublished: plain rewrites are fine.
             n.header.flags &= !FLAG_LINKED;
-            n.header.claims = crate::sync::AtomicU16::new(1);
+            super::set_claims(&n.header, 1);
             n.state = super::state::StateWord::new(scope.state.load().borrowed());
             n.children = ChildList::new_sealed();
             false
@@ -187,9 +187,8 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
             // Done on creation through `a`: the forwarder is never linked.
             // SAFETY: unpublished; we give up its list claim ourselves.
             unsafe { f.as_ref() }.header.next.mark();
-            let guard = pin();
             // SAFETY: the list's claim, never used.
-            unsafe { release_claim(f.cast(), &guard) };
+            unsafe { release_claim(f.cast()) };
         } else {
             // SAFETY: `b` (held by the node) keeps its scope alive.
             let scope = unsafe { sb.as_ref() };
@@ -198,10 +197,8 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
                 // `b` is done: the merge ends with b's outcome.
                 // SAFETY: as above.
                 unsafe { f.as_ref() }.header.next.mark();
-                let guard = pin();
                 // SAFETY: the list's claim, never used.
-                unsafe { release_claim(f.cast(), &guard) };
-                drop(guard);
+                unsafe { release_claim(f.cast()) };
                 let word = scope.state.load().borrowed();
                 // SAFETY: we hold the node's references; `b` keeps the
                 // record's owner alive.
@@ -216,7 +213,11 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
 ///
 /// # Safety
 /// The caller holds a claim on `f` and keeps `other` (hence its scope) alive.
-pub(crate) unsafe fn leave_forwarder(f: NonNull<ForwardNode>, other: &Context, guard: &Guard) {
+pub(crate) unsafe fn leave_forwarder(
+    f: NonNull<ForwardNode>,
+    other: &Context,
+    guard: &mut LazyGuard,
+) {
     // SAFETY: the caller holds a claim.
     if unsafe { f.as_ref() }.header.next.mark() {
         if let Some(scope) = other.scope {
@@ -233,7 +234,7 @@ pub(crate) unsafe fn leave_forwarder(f: NonNull<ForwardNode>, other: &Context, g
 ///
 /// # Safety
 /// The caller holds a reference to `node`.
-pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &Guard) {
+pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
     // SAFETY: held by the caller.
     unsafe { leave_parent(node.cast(), guard) };
     // SAFETY: held by the caller.

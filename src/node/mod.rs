@@ -35,7 +35,9 @@ use self::children::{ChildList, Link};
 use self::state::{Snapshot, StateWord};
 use crate::context::Context;
 use crate::error::Cause;
-use crate::sync::{pin, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Guard, Ordering, UnsafeCell};
+use crate::sync::{
+    AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Guard, LazyGuard, Ordering, UnsafeCell,
+};
 
 /// What a node is. Stored once, before the node is published.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -300,7 +302,7 @@ pub(crate) unsafe fn release(h: NonNull<Header>) {
     let mut next = Some(h);
     // Only merges release two parents; the stack stays empty otherwise.
     let mut pending: Vec<NonNull<Header>> = Vec::new();
-    let mut guard: Option<Guard> = None;
+    let mut guard = LazyGuard::new();
     while let Some(h) = next.take().or_else(|| pending.pop()) {
         // Release: our uses of the node happen before its death. Acquire
         // (the fence below) for the thread that sees zero.
@@ -309,10 +311,9 @@ pub(crate) unsafe fn release(h: NonNull<Header>) {
             continue;
         }
         crate::sync::fence(Ordering::Acquire);
-        let guard = guard.get_or_insert_with(pin);
         // SAFETY: refs reached zero: we are the node's only user and it dies
         // exactly once (invariant 8).
-        let [first, second] = unsafe { die(h, guard) };
+        let [first, second] = unsafe { die(h, &mut guard) };
         next = first;
         if let Some(second) = second {
             pending.push(second);
@@ -326,7 +327,7 @@ pub(crate) unsafe fn release(h: NonNull<Header>) {
 ///
 /// # Safety
 /// `refs` of `h` just reached zero on this thread.
-unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2] {
+unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Header>>; 2] {
     // SAFETY: the node is alive until we release the alive claim.
     let header = unsafe { h.as_ref() };
     let parent = header.parent;
@@ -335,7 +336,7 @@ unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2]
             // Never in a list and unknown to the timer: nobody else can reach
             // it, so free it now (this drops the value promptly).
             // SAFETY: the last reference is gone and no list links it.
-            unsafe { free_now(h) };
+            unsafe { free_with_claims(h) };
             [parent, None]
         }
         Kind::Cancel | Kind::Deadline | Kind::Merge => {
@@ -359,8 +360,10 @@ unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2]
                     // `other` (which keeps its list's owner alive) is still
                     // held until after this call.
                     unsafe { derive::leave_forwarder(f, &m.other, guard) };
-                    // SAFETY: the merge node's claim on its forwarder.
-                    unsafe { release_claim(f.cast(), guard) };
+                    // SAFETY: the merge node's claim on its forwarder; any
+                    // traverser that may still see it holds the list's claim
+                    // or was deferred behind (invariant 5).
+                    unsafe { release_claim(f.cast()) };
                 }
                 // SAFETY: taken exactly once, at death.
                 let ctx = unsafe { std::ptr::read(&*m.other) };
@@ -386,10 +389,12 @@ unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2]
             unsafe { c.children.sweep(guard) };
             if let Some(w) = waiters {
                 // SAFETY: the owner's claim on its waiter entry.
-                unsafe { release_claim(w.cast(), guard) };
+                unsafe { release_claim(w.cast()) };
             }
-            // SAFETY: the alive claim.
-            unsafe { release_claim(h, guard) };
+            // SAFETY: the alive claim. A traverser that can still see us
+            // keeps the list's claim, or the release of that claim was
+            // deferred behind it (invariant 5).
+            unsafe { release_claim(h) };
             [parent, other]
         }
         Kind::Forward | Kind::Callback | Kind::Waiters => {
@@ -404,7 +409,7 @@ unsafe fn die(h: NonNull<Header>, guard: &Guard) -> [Option<NonNull<Header>>; 2]
 ///
 /// # Safety
 /// The caller holds `h`'s parent (directly or through `h`'s reference).
-pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &Guard) {
+pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &mut LazyGuard) {
     // SAFETY: the caller keeps `h` valid.
     let header = unsafe { h.as_ref() };
     if header.flags & FLAG_LINKED == 0 || !header.next.mark() {
@@ -418,64 +423,100 @@ pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &Guard) {
     }
 }
 
-/// Releases one memory claim; the last one frees the node through the
-/// epoch (a pinned walker may still be looking at it, invariant 5).
+/// Releases one memory claim now; the last one frees the node.
+///
+/// Freeing at once is sound because every claim that a traverser may be
+/// relying on is released only after that traverser unpinned
+/// (`release_claim_later`), so when the count reaches zero nobody can reach
+/// the node (invariant 5).
+///
+/// # Safety
+/// The caller owns one claim on `h` and no traverser relies on it.
+pub(crate) unsafe fn release_claim(h: NonNull<Header>) {
+    count_claims(-1);
+    // SAFETY: forwarded.
+    unsafe { drop_claim(h) };
+}
+
+/// Releases one memory claim once every thread pinned now has unpinned:
+/// for claims a pinned traverser may still rely on (an entry unlinked from
+/// a list that others may be walking or sweeping).
 ///
 /// # Safety
 /// The caller owns one claim on `h`.
-pub(crate) unsafe fn release_claim(h: NonNull<Header>, guard: &Guard) {
+pub(crate) unsafe fn release_claim_later(h: NonNull<Header>, guard: &Guard) {
+    count_claims(-1);
+    let addr = SendPtr(h);
+    // SAFETY: the claim keeps the node valid until the closure runs; the
+    // closure runs once, after every thread pinned now has unpinned.
+    unsafe {
+        guard.defer_unchecked(move || {
+            let addr = addr;
+            drop_claim(addr.0)
+        })
+    };
+}
+
+/// # Safety
+/// The caller owns one claim on `h` (already taken off the count).
+unsafe fn drop_claim(h: NonNull<Header>) {
     // AcqRel: Release so our accesses happen before the free; Acquire so
     // the freeing thread sees everyone else's.
     // SAFETY: we hold a claim, so the memory is valid.
     if unsafe { h.as_ref() }.claims.fetch_sub(1, Ordering::AcqRel) == 1 {
-        count_retired();
-        let addr = SendPtr(h);
-        // SAFETY: no claim is left, the node is unreachable from every list
-        // (each list held a claim), and the free runs only once every
-        // thread pinned now has unpinned.
-        unsafe {
-            guard.defer_unchecked(move || {
-                let addr = addr;
-                free(addr.0)
-            })
-        };
+        // SAFETY: no claim is left: nobody can reach the node.
+        unsafe { free(h) };
     }
 }
 
 struct SendPtr(NonNull<Header>);
-// SAFETY: the pointer is only used to free a node nobody can reach.
+// SAFETY: the pointer is only used to drop a claim on a node.
 unsafe impl Send for SendPtr {}
 
-/// Nodes allocated and not yet retired (freed, or handed to the epoch with
-/// no claim left). Loom models and debug tests check it returns to its
-/// starting value: that proves the claim protocol frees every node, while
-/// crossbeam-epoch is trusted to run what it is handed.
+/// Memory claims not yet released (or handed to the epoch for release).
+/// Loom models and debug tests check it returns to its starting value:
+/// that proves the claim protocol frees every node, crossbeam-epoch being
+/// trusted to run what it is handed.
 #[cfg(any(loom, debug_assertions))]
-pub(crate) static LIVE_NODES: std::sync::atomic::AtomicIsize =
+pub(crate) static LIVE_CLAIMS: std::sync::atomic::AtomicIsize =
     std::sync::atomic::AtomicIsize::new(0);
 
 #[inline]
-fn count_retired() {
+#[cfg_attr(not(any(loom, debug_assertions)), allow(unused_variables))]
+fn count_claims(delta: isize) {
     #[cfg(any(loom, debug_assertions))]
-    LIVE_NODES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Frees a node nobody else can reach, now.
-///
-/// # Safety
-/// As for [`free`]; the node's claims are not used (never published, or
-/// never linked and dead).
-pub(crate) unsafe fn free_now(h: NonNull<Header>) {
-    count_retired();
-    // SAFETY: forwarded.
-    unsafe { free(h) };
+    LIVE_CLAIMS.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Allocates a node (every node kind goes through here and [`free`]).
 pub(crate) fn alloc<T>(node: Box<T>) -> NonNull<T> {
-    #[cfg(any(loom, debug_assertions))]
-    LIVE_NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    NonNull::from(Box::leak(node))
+    let node = NonNull::from(Box::leak(node));
+    // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
+    let claims = unsafe { node.cast::<Header>().as_ref() }
+        .claims
+        .load(Ordering::Relaxed);
+    count_claims(isize::from(claims as i16));
+    node
+}
+
+/// Sets the claims of a node that is not published yet.
+pub(crate) fn set_claims(header: &Header, claims: u16) {
+    // Relaxed: unpublished; the publishing CAS orders it.
+    let old = header.claims.swap(claims, Ordering::Relaxed);
+    count_claims(isize::from(claims as i16) - isize::from(old as i16));
+}
+
+/// Frees a node nobody else can reach, now, whatever claims it still has
+/// (never published, or never linked and dead).
+///
+/// # Safety
+/// As for [`free`].
+pub(crate) unsafe fn free_with_claims(h: NonNull<Header>) {
+    // SAFETY: valid until freed below.
+    let claims = unsafe { h.as_ref() }.claims.load(Ordering::Relaxed);
+    count_claims(-isize::from(claims as i16));
+    // SAFETY: forwarded.
+    unsafe { free(h) };
 }
 
 /// Frees a node's memory, running the drop glue of its concrete type.

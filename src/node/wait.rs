@@ -25,7 +25,7 @@ use std::time::Instant;
 use super::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::context::Context;
 use crate::error::Error;
-use crate::sync::{fence, pin, Event, EventListener, Listener, Ordering, UserArc};
+use crate::sync::{fence, Event, EventListener, Listener, Ordering, UserArc};
 
 /// The list entry that carries a node's waiter event. Claims: one for the
 /// owner, one for the list.
@@ -100,7 +100,7 @@ fn event_slow(scope: &CancelNode) -> &Event {
     ) {
         Err(winner) => {
             // SAFETY: ours, never published.
-            unsafe { super::free_now(fresh.cast()) };
+            unsafe { super::free_with_claims(fresh.cast()) };
             // SAFETY: published entries live as long as their owner.
             unsafe { &(*winner).event }
         }
@@ -113,10 +113,8 @@ fn event_slow(scope: &CancelNode) -> &Event {
                 // SAFETY: valid as above.
                 let w = unsafe { fresh.as_ref() };
                 w.header.next.mark();
-                let guard = pin();
                 // SAFETY: the list's claim, never used.
-                unsafe { release_claim(entry, &guard) };
-                drop(guard);
+                unsafe { release_claim(entry) };
                 w.notify_all();
                 if let Some(payload) = take_wake_panic() {
                     // We woke another task and its waker panicked: like a
