@@ -44,6 +44,12 @@ impl Drop for Tracked {
     }
 }
 
+/// `ctx.with_value(Tracked)`, consuming `ctx` so that only the value layer
+/// keeps it alive.
+fn with_tracked(ctx: Context, drops: &Arc<AtomicUsize>) -> Context {
+    ctx.with_value(Tracked(drops.clone()))
+}
+
 fn cause_str(ctx: &Context) -> String {
     ctx.cause().expect("done implies a cause").to_string()
 }
@@ -73,7 +79,8 @@ fn drop_child_racing_cancel_parent_frees_the_child() {
         let drops = Arc::new(AtomicUsize::new(0));
         let (parent, cancel) = Context::background().with_cancel();
         let (child, h) = parent.with_cancel();
-        let child = child.with_value(Tracked(drops.clone()));
+        // Shadowing would keep the first `child` alive: replace it.
+        let child = with_tracked(child, &drops);
         let t = thread::spawn(move || {
             drop(child);
             drop(h);
@@ -254,7 +261,7 @@ fn merge_dropped_racing_parent_cancel_leaves_nothing_behind() {
         let (a, _cancel_a) = Context::background().with_cancel();
         let (b, cancel_b) = Context::background().with_cancel();
         let (m, h) = a.merge(&b);
-        let m = m.with_value(Tracked(drops.clone()));
+        let m = with_tracked(m, &drops);
         let t = thread::spawn(move || {
             drop(m);
             drop(h);
@@ -309,7 +316,7 @@ fn cancel_root_racing_drop_of_the_rest_of_the_chain_frees_it() {
         let (root, cancel) = Context::background().with_cancel();
         let (mid, mid_h) = root.with_cancel();
         let (leaf, leaf_h) = mid.with_cancel();
-        let leaf = leaf.with_value(Tracked(drops.clone()));
+        let leaf = with_tracked(leaf, &drops);
         let t = thread::spawn(move || {
             drop((leaf, leaf_h));
             drop((mid, mid_h));
@@ -344,8 +351,8 @@ fn nodes_freed_while_the_canceller_walks_the_list() {
         let (parent, cancel) = Context::background().with_cancel();
         let (a, ha) = parent.with_cancel();
         let (b, hb) = parent.with_cancel();
-        let a = a.with_value(Tracked(drops.clone()));
-        let b = b.with_value(Tracked(drops.clone()));
+        let a = with_tracked(a, &drops);
+        let b = with_tracked(b, &drops);
         let t = thread::spawn(move || {
             drop((a, ha));
             drop((b, hb));

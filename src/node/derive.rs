@@ -13,7 +13,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Cause;
-use crate::sync::{LazyGuard, UnsafeCell};
+use crate::sync::{LazyGuard, Ordering, UnsafeCell};
 
 /// A header for a child of `parent` with `refs` observers.
 fn child_header(parent: &Context, kind: Kind, refs: u32) -> Header {
@@ -56,7 +56,9 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         return true;
     };
     n.header.flags |= FLAG_LINKED;
-    super::set_claims(&n.header, 2);
+    // One more claim, the list's.
+    let claims = n.header.claims.load(Ordering::Relaxed);
+    super::set_claims(&n.header, claims + 1);
     // SAFETY: the scope is alive; the node is valid and unpublished.
     let scope = unsafe { scope.as_ref() };
     // SAFETY: see above; the claims include the list's.
@@ -65,7 +67,7 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         Err(()) => {
             // Still unpublished: plain rewrites are fine.
             n.header.flags &= !FLAG_LINKED;
-            super::set_claims(&n.header, 1);
+            super::set_claims(&n.header, claims);
             n.state = super::state::StateWord::new(scope.state.load().borrowed());
             n.children = ChildList::new_sealed();
             false
@@ -174,6 +176,14 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
         });
         // SAFETY: unpublished.
         unsafe { (*node.as_ptr()).forwarder = Some(super::alloc(f)) };
+        // The forwarder holds a claim on the merge node's memory: a walker
+        // of b's list reaches the merge through it, not through a's list.
+        // It is part of the forwarder (released when the forwarder is
+        // freed), so it is not counted on its own in `LIVE_CLAIMS`.
+        // SAFETY: unpublished.
+        let claims = &unsafe { node.as_ref() }.cancel.header.claims;
+        // Relaxed: unpublished; the publishing CAS orders it.
+        claims.store(claims.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
     // SAFETY: fresh and unpublished; `a` holds its scope.
     let live = unsafe { link(node.cast(), sa) };

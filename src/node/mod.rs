@@ -533,7 +533,16 @@ unsafe fn free(h: NonNull<Header>) {
             Kind::Merge => drop(Box::from_raw(h.cast::<MergeNode>().as_ptr())),
             Kind::Value => drop(Box::from_raw(h.cast::<ValueNode>().as_ptr())),
             Kind::Detached => drop(Box::from_raw(h.as_ptr())),
-            Kind::Forward => drop(Box::from_raw(h.cast::<ForwardNode>().as_ptr())),
+            Kind::Forward => {
+                let f = Box::from_raw(h.cast::<ForwardNode>().as_ptr());
+                let target = f.target;
+                drop(f);
+                // The forwarder's claim on its merge node (uncounted, see
+                // `derive::merge`): a walker that reached the merge through
+                // the forwarder relied on it, and nobody can reach the
+                // forwarder any more (invariant 5).
+                drop_claim(target.cast());
+            }
             Kind::Callback => drop(Box::from_raw(h.cast::<callback::CallbackNode>().as_ptr())),
             Kind::Waiters => drop(Box::from_raw(h.cast::<wait::WaitersNode>().as_ptr())),
         }

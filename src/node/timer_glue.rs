@@ -37,12 +37,14 @@ pub(crate) fn arm(node: &DeadlineNode) {
 
 /// Disarms the node's timer if it is armed.
 pub(crate) fn disarm(node: &DeadlineNode) {
-    // SeqCst fence, then a Relaxed hint read outside the lock: NONE can only
+    // SeqCst fence, then a hint read outside the lock: NONE can only
     // be stale if the creator is arming right now, and then the creator's
     // fence-separated re-check of the state (see `arm`) sees this node done
     // (the state was published before this fence) and disarms it itself.
     crate::sync::fence(Ordering::SeqCst);
-    if node.timer.load(Ordering::Relaxed) == NONE {
+    // Acquire: pairs with the timer thread's Release store of NONE after
+    // its last access to a node it popped (invariant 10).
+    if node.timer.load(Ordering::Acquire) == NONE {
         return;
     }
     #[cfg(not(loom))]

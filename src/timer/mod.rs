@@ -20,7 +20,7 @@ use std::time::Instant;
 use self::wheel::{TimerId, Wheel};
 use crate::node::timer_glue::{self, NONE};
 use crate::node::{DeadlineNode, NodeRef};
-use crate::sync::{pin, Ordering};
+use crate::sync::Ordering;
 
 /// A node pointer stored in the wheel.
 struct Entry(NonNull<DeadlineNode>);
@@ -109,26 +109,24 @@ fn run() {
     let mut due: Vec<Entry> = Vec::new();
     let mut fire: Vec<(NonNull<DeadlineNode>, NodeRef)> = Vec::new();
     loop {
-        // Pinned while we touch nodes popped from the wheel: a node whose
-        // entry we popped may be dying on another thread, which then skips
-        // the lock (it sees NONE) and frees through the epoch (invariant 10).
-        let guard = pin();
         let mut st = lock(t);
         st.sleeping_until = None;
         st.wheel.poll_expired(Instant::now(), &mut due);
         for Entry(node) in due.drain(..) {
-            // SAFETY: the entry was armed until this poll, so the node had
-            // not passed `disarm` when we pinned, and its memory is valid
-            // until we unpin (invariant 10).
+            // SAFETY: the entry was armed until this poll and its `timer`
+            // field still holds the id, so a dying node takes the lock in
+            // `disarm` before it can be freed: valid while we hold the lock
+            // and until we store NONE (invariant 10).
             let d = unsafe { node.as_ref() };
-            // Relaxed: under the lock.
-            d.timer.store(NONE, Ordering::Relaxed);
             // SAFETY: valid, as above. A dead node is skipped.
             if let Some(held) = unsafe { NodeRef::try_acquire(node.cast()) } {
                 fire.push((node, held));
             }
+            // Release, and last: a dying thread whose Acquire hint read sees
+            // NONE skips the lock and may free the node, so every access we
+            // make without a reference happens before this store.
+            d.timer.store(NONE, Ordering::Release);
         }
-        drop(guard);
         if !fire.is_empty() {
             drop(st);
             for (node, held) in fire.drain(..) {
