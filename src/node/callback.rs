@@ -142,7 +142,7 @@ pub(crate) fn stop(cb: &CallbackNode) -> bool {
                 owner
                     .as_ref()
                     .children
-                    .remove_marked(NonNull::from(&cb.header), &mut guard)
+                    .remove_marked(NonNull::from(&cb.header), &mut guard, false)
             };
         }
         // SAFETY: the reference the pending entry held.

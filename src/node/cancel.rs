@@ -96,11 +96,14 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
     {
         let mut guard = LazyGuard::new();
-        let mut work: Vec<(NonNull<CancelNode>, Snapshot)> = vec![(root, word)];
+        // The root is taken first without allocating: a leaf cancel never
+        // touches the heap.
+        let mut first = Some((root, word));
+        let mut work: Vec<(NonNull<CancelNode>, Snapshot)> = Vec::new();
         // Merge nodes are reachable along two paths; walk each once per
         // cancellation and detach them once the whole walk is over.
         let mut merges: Vec<NonNull<CancelNode>> = Vec::new();
-        while let Some((node, word)) = work.pop() {
+        while let Some((node, word)) = first.take().or_else(|| work.pop()) {
             // SAFETY: `root` is held by the caller; every other node came
             // from a list while pinned (invariant 5).
             let c = unsafe { node.as_ref() };

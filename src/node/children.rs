@@ -237,10 +237,18 @@ impl ChildList {
     /// # Safety
     /// `entry` is in this list, marked, and the caller keeps the list's owner
     /// alive for the duration of the call.
-    pub(crate) unsafe fn remove_marked(&self, entry: NonNull<Header>, guard: &mut LazyGuard) {
+    ///
+    /// With `keep_claim`, a clean unlink hands the list's claim back to the
+    /// caller (returns true) instead of releasing it.
+    pub(crate) unsafe fn remove_marked(
+        &self,
+        entry: NonNull<Header>,
+        guard: &mut LazyGuard,
+        keep_claim: bool,
+    ) -> bool {
         let head = self.head.load(Ordering::Acquire);
         if head.addr() & SEALED != 0 {
-            return;
+            return false;
         }
         if untag(head) == entry.as_ptr() {
             // SAFETY: the caller keeps `entry` linked or pinned; it is marked,
@@ -257,13 +265,16 @@ impl ChildList {
                 // announcement (see the doc comment).
                 let g = self.garbage.fetch_add(0, Ordering::AcqRel);
                 if g & SWEEPER_MASK == 0 {
+                    if keep_claim {
+                        return true;
+                    }
                     // SAFETY: we unlinked it and no sweep can reach it.
                     unsafe { super::release_claim(entry) };
                 } else {
                     // SAFETY: we unlinked it; a running sweep may hold it.
                     unsafe { super::release_claim_later(entry, guard.get()) };
                 }
-                return;
+                return false;
             }
         }
         // Relaxed: the counter only schedules sweeps; the list itself is
@@ -285,6 +296,7 @@ impl ChildList {
                     Some(u64::from(d) | (g & SWEEPER_MASK) | (u64::from(t) << 32))
                 });
         }
+        false
     }
 
     /// Unlinks every marked entry. Returns (entries unlinked, live entries

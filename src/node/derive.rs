@@ -233,7 +233,12 @@ pub(crate) unsafe fn leave_forwarder(
         if let Some(scope) = other.scope {
             // SAFETY: `other` keeps the scope alive; `f` is linked there and
             // now marked.
-            unsafe { scope.as_ref().children.remove_marked(f.cast(), guard) };
+            unsafe {
+                scope
+                    .as_ref()
+                    .children
+                    .remove_marked(f.cast(), guard, false)
+            };
         }
     }
 }
@@ -246,7 +251,7 @@ pub(crate) unsafe fn leave_forwarder(
 /// The caller holds a reference to `node`.
 pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
     // SAFETY: held by the caller.
-    unsafe { leave_parent(node.cast(), guard) };
+    unsafe { leave_parent(node.cast(), guard, false) };
     // SAFETY: held by the caller.
     if unsafe { node.as_ref() }.header.kind == Kind::Merge {
         // SAFETY: kind checked.

@@ -375,7 +375,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             // SAFETY: last use of the owned record.
             unsafe { c.state.load().free_if_owned() };
             // SAFETY: our parent reference is still held.
-            unsafe { leave_parent(h, guard) };
+            let list_claim_free = unsafe { leave_parent(h, guard, true) };
             // The waiter entry is the one entry that does not hold a
             // reference to us: retire it with us.
             let waiters = NonNull::new(c.waiters.load(Ordering::Acquire));
@@ -391,10 +391,11 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
                 // SAFETY: the owner's claim on its waiter entry.
                 unsafe { release_claim(w.cast()) };
             }
-            // SAFETY: the alive claim. A traverser that can still see us
-            // keeps the list's claim, or the release of that claim was
-            // deferred behind it (invariant 5).
-            unsafe { release_claim(h) };
+            // SAFETY: the alive claim (and the list's, when `leave_parent`
+            // handed it back to us). A traverser that can still see us keeps
+            // the list's claim, or its release was deferred behind it
+            // (invariant 5).
+            unsafe { release_claims(h, if list_claim_free { 2 } else { 1 }) };
             [parent, other]
         }
         Kind::Forward | Kind::Callback | Kind::Waiters => {
@@ -407,19 +408,29 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
 /// Marks `h`'s link in its parent's scope list and unlinks it if cheap
 /// (invariant 6). No-op if it was never linked or is already marked.
 ///
+/// With `keep_claim`, returns true if the list's claim on `h` is handed
+/// back to the caller instead of being released (unlinked at the head with
+/// no sweep running): a dying node then releases both of its claims with
+/// one operation.
+///
 /// # Safety
 /// The caller holds `h`'s parent (directly or through `h`'s reference).
-pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &mut LazyGuard) {
+pub(crate) unsafe fn leave_parent(
+    h: NonNull<Header>,
+    guard: &mut LazyGuard,
+    keep_claim: bool,
+) -> bool {
     // SAFETY: the caller keeps `h` valid.
     let header = unsafe { h.as_ref() };
     if header.flags & FLAG_LINKED == 0 || !header.next.mark() {
-        return;
+        return false;
     }
     let owner = header.parent.and_then(scope_of);
-    if let Some(owner) = owner {
+    match owner {
         // SAFETY: the parent (hence its scope) is held by the caller; `h`
         // is linked there and now marked.
-        unsafe { owner.as_ref().children.remove_marked(h, guard) };
+        Some(owner) => unsafe { owner.as_ref().children.remove_marked(h, guard, keep_claim) },
+        None => false,
     }
 }
 
@@ -433,9 +444,22 @@ pub(crate) unsafe fn leave_parent(h: NonNull<Header>, guard: &mut LazyGuard) {
 /// # Safety
 /// The caller owns one claim on `h` and no traverser relies on it.
 pub(crate) unsafe fn release_claim(h: NonNull<Header>) {
-    count_claims(-1);
     // SAFETY: forwarded.
-    unsafe { drop_claim(h) };
+    unsafe { release_claims(h, 1) };
+}
+
+/// Releases `n` claims at once (see [`release_claim`]).
+///
+/// # Safety
+/// The caller owns `n` claims on `h` and no traverser relies on them.
+pub(crate) unsafe fn release_claims(h: NonNull<Header>, n: u16) {
+    count_claims(-isize::from(n as i16));
+    // AcqRel: as in `drop_claim`.
+    // SAFETY: we hold claims, so the memory is valid.
+    if unsafe { h.as_ref() }.claims.fetch_sub(n, Ordering::AcqRel) == n {
+        // SAFETY: no claim is left: nobody can reach the node.
+        unsafe { free(h) };
+    }
 }
 
 /// Releases one memory claim once every thread pinned now has unpinned:
