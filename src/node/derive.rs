@@ -47,31 +47,34 @@ fn inherited(parent: &Context) -> Snapshot {
 /// `node` is unpublished and owned by the caller; `scope` is its parent's
 /// scope, kept alive by the parent reference in the node.
 unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) -> bool {
-    // SAFETY: unpublished: we are the only user.
-    let n = unsafe { &mut *node.as_ptr() };
-    if n.state.load().is_done() {
-        return false;
-    }
-    let Some(scope) = scope else {
-        return true;
-    };
-    n.header.flags |= FLAG_LINKED;
-    // One more claim, the list's.
-    let claims = n.header.claims.load(Ordering::Relaxed);
-    super::set_claims(&n.header, claims + 1);
-    // SAFETY: the scope is alive; the node is valid and unpublished.
-    let scope = unsafe { scope.as_ref() };
-    // SAFETY: see above; the claims include the list's.
-    match unsafe { scope.children.push(node.cast()) } {
-        Ok(()) => true,
-        Err(()) => {
-            // Still unpublished: plain rewrites are fine.
-            n.header.flags &= !FLAG_LINKED;
-            super::set_claims(&n.header, claims);
-            n.state = super::state::StateWord::new(scope.state.load().borrowed());
-            n.children = ChildList::new_sealed();
-            false
+    // Each access below reborrows from the raw pointer for just that
+    // statement: no `&mut` may live across `push`, which reads the entry
+    // through the same pointer.
+    // SAFETY: unpublished, so we are the only user; `push`
+    // publishes it only on success, after which we no longer write.
+    unsafe {
+        if (*node.as_ptr()).state.load().is_done() {
+            return false;
         }
+        let Some(scope) = scope else {
+            return true;
+        };
+        (*node.as_ptr()).header.flags |= FLAG_LINKED;
+        // One more claim, the list's.
+        let claims = (*node.as_ptr()).header.claims.load(Ordering::Relaxed);
+        super::set_claims(&(*node.as_ptr()).header, claims + 1);
+        // The scope is alive (held by the parent reference in the node).
+        let scope = scope.as_ref();
+        if scope.children.push(node.cast()).is_ok() {
+            return true;
+        }
+        // Sealed: still unpublished, so plain rewrites are fine.
+        let n = &mut *node.as_ptr();
+        n.header.flags &= !FLAG_LINKED;
+        super::set_claims(&n.header, claims);
+        n.state = super::state::StateWord::new(scope.state.load().borrowed());
+        n.children = ChildList::new_sealed();
+        false
     }
 }
 
