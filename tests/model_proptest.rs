@@ -58,18 +58,18 @@ fn a_fixed_sequence_using_every_op_matches_the_reference_model() {
     use model::{DeadlineArg as D, Op, Parent as P};
     let _serial = serial();
     let ops = [
-        Op::WithCancel(P::Background),                       // 0: root
-        Op::WithValue(P::Slot(0), 1),                        // 1
-        Op::WithDeadline(P::Slot(1), D::Far(3), true),       // 2
-        Op::WithDeadline(P::Slot(2), D::Huge, false),        // 3: later, plain child
-        Op::WithDeadline(P::Todo, D::Extreme, false),        // 4
-        Op::WithDeadline(P::Slot(0), D::ZeroTimeout, true),  // 5: done on creation
-        Op::WithDeadline(P::Slot(0), D::Past(2), false),     // 6: done on creation
-        Op::WithDeadline(P::Slot(0), D::MaxTimeout, true),   // 7: plain child
-        Op::WithoutCancel(P::Slot(2)),                       // 8
-        Op::Merge(P::Slot(8), P::Slot(4)),                   // 9
-        Op::Merge(P::Slot(2), P::Slot(2)),                   // 10: with itself
-        Op::Merge(P::Slot(0), P::Slot(2)),                   // 11: with a descendant
+        Op::WithCancel(P::Background),                      // 0: root
+        Op::WithValue(P::Slot(0), 1),                       // 1
+        Op::WithDeadline(P::Slot(1), D::Far(3), true),      // 2
+        Op::WithDeadline(P::Slot(2), D::Huge, false),       // 3: later, plain child
+        Op::WithDeadline(P::Todo, D::Extreme, false),       // 4
+        Op::WithDeadline(P::Slot(0), D::ZeroTimeout, true), // 5: done on creation
+        Op::WithDeadline(P::Slot(0), D::Past(2), false),    // 6: done on creation
+        Op::WithDeadline(P::Slot(0), D::MaxTimeout, true),  // 7: plain child
+        Op::WithoutCancel(P::Slot(2)),                      // 8
+        Op::Merge(P::Slot(8), P::Slot(4)),                  // 9
+        Op::Merge(P::Slot(2), P::Slot(2)),                  // 10: with itself
+        Op::Merge(P::Slot(0), P::Slot(2)),                  // 11: with a descendant
         Op::AfterFunc(9),
         Op::AfterFunc(8),
         Op::NewDone(11),

@@ -229,7 +229,9 @@ fn cause_kind(cause: &Cause) -> Option<CauseKind> {
     if let Some(tag) = cause.downcast_ref::<Tag>() {
         return Some(CauseKind::Tag(*tag));
     }
-    cause.downcast_ref::<Error>().map(|e| CauseKind::Default(*e))
+    cause
+        .downcast_ref::<Error>()
+        .map(|e| CauseKind::Default(*e))
 }
 
 /// A waker that counts its wake-ups.
@@ -368,9 +370,10 @@ impl Clock {
         let secs = Duration::from_secs;
         let (c, h, dl) = match arg {
             DeadlineArg::ZeroTimeout => rel(Duration::ZERO),
-            DeadlineArg::Past(k) => {
-                abs(self.base.checked_sub(secs(1 + u64::from(k))).unwrap_or(self.base))
-            }
+            DeadlineArg::Past(k) => abs(self
+                .base
+                .checked_sub(secs(1 + u64::from(k)))
+                .unwrap_or(self.base)),
             DeadlineArg::AtBase => abs(self.base),
             DeadlineArg::MaxTimeout => {
                 let (c, h) = match cause {
@@ -380,11 +383,10 @@ impl Clock {
                 (c, h, None)
             }
             DeadlineArg::Huge => abs(self.base + secs(100 * 365 * 86_400)),
-            DeadlineArg::Extreme => abs(
-                self.base
-                    .checked_add(secs(i64::MAX as u64 / 2))
-                    .unwrap_or(self.base + secs(1 << 40)),
-            ),
+            DeadlineArg::Extreme => abs(self
+                .base
+                .checked_add(secs(i64::MAX as u64 / 2))
+                .unwrap_or(self.base + secs(1 << 40))),
             DeadlineArg::Far(k) => abs(self.base + secs(3600 + u64::from(k))),
             DeadlineArg::FarTimeout => rel(secs(1_000_000)),
         };
@@ -523,9 +525,22 @@ pub fn run_single_ops(ops: &[Op]) {
     s.teardown(live_before);
 }
 
+/// Where a run is, for failure messages (formatted only on failure).
+#[derive(Clone, Copy)]
+struct At(usize, Option<Op>);
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(op) => write!(f, "step {} ({op:?})", self.0),
+            None => write!(f, "teardown"),
+        }
+    }
+}
+
 impl Single {
-    fn at(&self) -> String {
-        format!("step {} ({:?})", self.step, self.op)
+    fn at(&self) -> At {
+        At(self.step, self.op)
     }
 
     fn pick_slot(&self, n: u8) -> Option<usize> {
@@ -651,13 +666,17 @@ impl Single {
         let todo_root = |p: Parent| p == Parent::Todo;
         match op {
             Op::WithCancel(p) => {
-                let Some((pc, pm)) = self.parent(p) else { return };
+                let Some((pc, pm)) = self.parent(p) else {
+                    return;
+                };
                 let (c, h) = pc.with_cancel();
                 let dl = pm.and_then(|m| self.nodes[m].deadline);
                 self.add(Kind::Cancel, pm, None, c, Some(h), dl, None, None, None);
             }
             Op::WithDeadline(p, arg, with_cause) => {
-                let Some((pc, pm)) = self.parent(p) else { return };
+                let Some((pc, pm)) = self.parent(p) else {
+                    return;
+                };
                 let tag = with_cause.then(|| self.new_tag(true));
                 let (c, h, asked, expired) = self.clock.derive(&pc, arg, tag);
                 let pdl = pm.and_then(|m| self.nodes[m].deadline);
@@ -672,13 +691,25 @@ impl Single {
                             tag.map_or(CauseKind::Default(Error::DeadlineExceeded), CauseKind::Tag);
                         self.new_outcome(Error::DeadlineExceeded, cause)
                     });
-                    self.add(Kind::Deadline, pm, None, c, Some(h), Some(d), own, tag, None);
+                    self.add(
+                        Kind::Deadline,
+                        pm,
+                        None,
+                        c,
+                        Some(h),
+                        Some(d),
+                        own,
+                        tag,
+                        None,
+                    );
                 } else {
                     self.add(Kind::Cancel, pm, None, c, Some(h), pdl, None, None, None);
                 }
             }
             Op::WithValue(p, k) => {
-                let Some((pc, pm)) = self.parent(p) else { return };
+                let Some((pc, pm)) = self.parent(p) else {
+                    return;
+                };
                 let k = usize::from(k) % KEYS;
                 let flag = Arc::new(AtomicBool::new(false));
                 let v = self.step as u32;
@@ -690,11 +721,23 @@ impl Single {
                 };
                 let dl = pm.and_then(|m| self.nodes[m].deadline);
                 let before = self.nodes.len();
-                self.add(Kind::Value(k), pm, None, c, None, dl, None, None, Some(flag));
+                self.add(
+                    Kind::Value(k),
+                    pm,
+                    None,
+                    c,
+                    None,
+                    dl,
+                    None,
+                    None,
+                    Some(flag),
+                );
                 self.nodes[before].values[k] = Some(v);
             }
             Op::WithoutCancel(p) => {
-                let Some((pc, pm)) = self.parent(p) else { return };
+                let Some((pc, pm)) = self.parent(p) else {
+                    return;
+                };
                 let c = pc.without_cancel();
                 self.add(Kind::Detached, pm, None, c, None, None, None, None, None);
             }
@@ -797,7 +840,12 @@ impl Single {
                 let m = self.slots[i].node;
                 let fired = ctxtree::__private::fire_deadline(&ctx);
                 let is_deadline = self.nodes[m].kind == Kind::Deadline;
-                assert_eq!(fired, is_deadline, "{}: fire_deadline on {ctx:?}", self.at());
+                assert_eq!(
+                    fired,
+                    is_deadline,
+                    "{}: fire_deadline on {ctx:?}",
+                    self.at()
+                );
                 if is_deadline {
                     let cause = self.nodes[m]
                         .dcause
@@ -896,7 +944,9 @@ impl Single {
                 }
             }
             Op::WaitZero(n, past) => {
-                let Some((ctx, m)) = self.slot_ctx(n) else { return };
+                let Some((ctx, m)) = self.slot_ctx(n) else {
+                    return;
+                };
                 let expected = self.outcome_of(Some(m)).map(|o| o.err);
                 let got = if past {
                     ctx.wait_deadline(self.clock.base)
@@ -906,7 +956,9 @@ impl Single {
                 assert_eq!(got, expected, "{}: wait on {ctx:?}", self.at());
             }
             Op::WaitIfDone(n) => {
-                let Some((ctx, m)) = self.slot_ctx(n) else { return };
+                let Some((ctx, m)) = self.slot_ctx(n) else {
+                    return;
+                };
                 match self.outcome_of(Some(m)) {
                     Some(o) => assert_eq!(ctx.wait(), o.err, "{}", self.at()),
                     None => assert_eq!(
@@ -918,7 +970,9 @@ impl Single {
                 }
             }
             Op::Debug(n) => {
-                let Some((ctx, m)) = self.slot_ctx(n) else { return };
+                let Some((ctx, m)) = self.slot_ctx(n) else {
+                    return;
+                };
                 self.check_debug(&ctx, m);
             }
         }
@@ -1091,8 +1145,11 @@ impl Single {
                 "teardown: model bug: callback {i} on a cancellable scope is still pending"
             );
         }
-        let flags: Vec<Arc<AtomicBool>> =
-            self.nodes.iter().filter_map(|n| n.dropped.clone()).collect();
+        let flags: Vec<Arc<AtomicBool>> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.dropped.clone())
+            .collect();
         let cbs: Vec<Arc<AtomicUsize>> = self.cbs.iter().map(|c| Arc::clone(&c.runs)).collect();
         let states: Vec<CbState> = self.cbs.iter().map(|c| c.state).collect();
         drop(self.dones);
@@ -1254,7 +1311,8 @@ impl Forest {
             self.scope(parents[0])
         };
         if cancellable && from.is_empty() {
-            self.roots.push(handle.clone().expect("cancellable nodes have handles"));
+            self.roots
+                .push(handle.clone().expect("cancellable nodes have handles"));
         }
         self.nodes.push(SNode {
             cancellable,
@@ -1311,7 +1369,10 @@ fn check_consistent(shared: &Shared, ctx: &Context, m: usize) {
     let done = ctx.is_done();
     let err2 = ctx.err();
     if let Err(e) = err {
-        assert!(cause.is_some(), "{ctx:?}: err() is {e:?} but cause() is None");
+        assert!(
+            cause.is_some(),
+            "{ctx:?}: err() is {e:?} but cause() is None"
+        );
         assert!(done, "{ctx:?}: err() is {e:?} but is_done() is false later");
         assert_eq!(err2, err, "{ctx:?}: err() changed after done");
     }
@@ -1428,7 +1489,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             descendants_are_done(shared, m);
         }
         Op::FireDeadline(n) => {
-            let Some((ctx, m)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, m)) = slot_ctx(shared, n) else {
+                return;
+            };
             shared.log(format!("{op:?} on node {m}"));
             if ctxtree::__private::fire_deadline(&ctx) {
                 assert!(ctx.is_done(), "{ctx:?}: fired deadline but not done");
@@ -1454,7 +1517,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             drop(taken);
         }
         Op::AfterFunc(n) => {
-            let Some((ctx, _)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, _)) = slot_ctx(shared, n) else {
+                return;
+            };
             if shared.lock().cbs.len() >= 2 * MAX_CALLBACKS {
                 return;
             }
@@ -1488,7 +1553,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             }
         }
         Op::NewDone(n) => {
-            let Some((ctx, m)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, m)) = slot_ctx(shared, n) else {
+                return;
+            };
             if dones.len() >= MAX_DONES {
                 return;
             }
@@ -1538,7 +1605,9 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             }
         }
         Op::WaitZero(n, past) => {
-            let Some((ctx, _)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, _)) = slot_ctx(shared, n) else {
+                return;
+            };
             let got = if past {
                 ctx.wait_deadline(shared.clock.base)
             } else {
@@ -1549,13 +1618,17 @@ fn thread_op(shared: &Shared, op: Op, dones: &mut Vec<ThreadDone>) {
             }
         }
         Op::WaitIfDone(n) => {
-            let Some((ctx, _)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, _)) = slot_ctx(shared, n) else {
+                return;
+            };
             if let Err(e) = ctx.err() {
                 assert_eq!(ctx.wait(), e);
             }
         }
         Op::Debug(n) => {
-            let Some((ctx, _)) = slot_ctx(shared, n) else { return };
+            let Some((ctx, _)) = slot_ctx(shared, n) else {
+                return;
+            };
             let text = format!("{ctx:?}");
             assert!(text.starts_with("context."), "{text}");
         }
@@ -1587,6 +1660,10 @@ fn descendants_are_done(shared: &Shared, m: usize) {
     }
 }
 
+/// Called first thing on each harness thread, if set (tests/leaks.rs uses it
+/// to mark the threads whose allocations its counting allocator tracks).
+pub static THREAD_START_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
 /// Runs the ops of `input` from two threads on one forest (the input is
 /// split in two halves, each decoded into one thread's ops). Panics on a
 /// violated invariant, a leaked node, value or timer entry.
@@ -1610,25 +1687,30 @@ pub fn run_threads_ops(a: Vec<Op>, b: Vec<Op>) {
     let spawn = |name: &str, ops: Vec<Op>| {
         let shared = Arc::clone(&shared);
         let barrier = Arc::clone(&barrier);
-        std::thread::Builder::new().name(name.into()).spawn(move || {
-            let mut dones = Vec::new();
-            barrier.wait();
-            for op in ops {
-                thread_op(&shared, op, &mut dones);
-                let ctxs: Vec<(Context, usize)> = {
-                    let f = shared.lock();
-                    f.slots
-                        .iter()
-                        .filter_map(|s| s.ctx.clone().map(|c| (c, s.node)))
-                        .collect()
-                };
-                for (ctx, m) in &ctxs {
-                    check_consistent(&shared, ctx, *m);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Some(hook) = THREAD_START_HOOK.get() {
+                    hook();
                 }
-            }
-            dones
-        })
-        .expect("spawn a harness thread")
+                let mut dones = Vec::new();
+                barrier.wait();
+                for op in ops {
+                    thread_op(&shared, op, &mut dones);
+                    let ctxs: Vec<(Context, usize)> = {
+                        let f = shared.lock();
+                        f.slots
+                            .iter()
+                            .filter_map(|s| s.ctx.clone().map(|c| (c, s.node)))
+                            .collect()
+                    };
+                    for (ctx, m) in &ctxs {
+                        check_consistent(&shared, ctx, *m);
+                    }
+                }
+                dones
+            })
+            .expect("spawn a harness thread")
     };
     let t1 = spawn("t1", a);
     let t2 = spawn("t2", b);
@@ -1713,7 +1795,11 @@ pub fn run_threads_ops(a: Vec<Op>, b: Vec<Op>) {
         made,
         "every value is dropped once the forest is"
     );
-    assert_eq!(armed_timers(), timers_before, "teardown: timer entries left");
+    assert_eq!(
+        armed_timers(),
+        timers_before,
+        "teardown: timer entries left"
+    );
     let live = flush_until_at_most(live_before);
     assert!(live <= live_before, "{} nodes leaked", live - live_before);
 }

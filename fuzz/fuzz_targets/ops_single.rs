@@ -1,0 +1,9 @@
+//! Fuzz target 1: decode the input into context operations on a small
+//! forest and compare every live context with the reference model after
+//! each step (`tests/model/mod.rs`, shared with the proptest suite).
+#![no_main]
+
+#[path = "../../tests/model/mod.rs"]
+mod model;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| model::run_single(data));
