@@ -72,6 +72,15 @@
 //! - Deadline contexts arm and disarm their timer under the timer wheel's
 //!   mutex (O(1), never held while user code runs); that is the only lock.
 //!
+//! ## Servers and clients
+//!
+//! With the `tower`, `axum` and `tonic` features (off by default; the core
+//! has no runtime dependency), `integrations` gives every request of a
+//! tower, hyper, axum or tonic server a context, cancelled when the client
+//! disconnects or the handler returns, with the inbound `grpc-timeout` as
+//! its deadline, and makes outbound calls inherit it, as Go's net/http and
+//! grpc-go do.
+//!
 //! The algorithm, its invariants and its memory-ordering argument are in
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_op_in_unsafe_fn)]

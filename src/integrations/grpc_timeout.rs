@@ -192,7 +192,10 @@ mod tests {
     fn examples() {
         assert_eq!(parse(b"0n"), Some(Duration::ZERO));
         assert_eq!(parse(b"00000001S"), Some(Duration::from_secs(1)));
-        assert_eq!(parse(b"99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+        assert_eq!(
+            parse(b"99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
         assert_eq!(parse(b"123456789n"), None);
         assert_eq!(parse(b"1"), None);
         assert_eq!(parse(b"S"), None);
@@ -215,7 +218,8 @@ mod tests {
 
         #[test]
         fn encode_then_parse_rounds_up_by_less_than_one_unit(
-            secs in 0u64..400_000_000_000, nanos in 0u32..1_000_000_000
+            // Everything below the largest encodable value, 99999999H.
+            secs in 0u64..MAX_VALUE * 3_600, nanos in 0u32..1_000_000_000
         ) {
             let t = Duration::new(secs, nanos);
             let v = encode(t);
@@ -232,6 +236,12 @@ mod tests {
                     prop_assert!(t.as_nanos().div_ceil(u128::from(finer)) > u128::from(MAX_VALUE));
                 }
             }
+        }
+
+        #[test]
+        fn longer_than_the_format_clamps(extra in 1u64..u64::MAX / 2) {
+            let t = Duration::from_secs(MAX_VALUE * 3_600).saturating_add(Duration::from_nanos(extra));
+            prop_assert_eq!(enc(t), "99999999H");
         }
 
         #[test]

@@ -1,0 +1,437 @@
+//! [`ClientLayer`]: outbound calls that inherit the caller's context — its
+//! deadline travels as `grpc-timeout`, and its cancellation aborts the call.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use http::Request;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::integrations::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::{Cause, Context, Done, Error};
+
+/// A boxed error, as tower and hyper use them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How a [`ClientService`] turns its two kinds of failure — the context
+/// ended, or the wrapped service failed — into one error type.
+///
+/// Two mappings come with the crate: [`IoErrors`] (`std::io::Error`, for
+/// hyper clients) and, with the `tonic` feature,
+/// `tonic::GrpcErrors` (`tonic::Status`).
+///
+/// ```
+/// use ctxtree::{Error, integrations::{ErrorMapping, IoErrors}};
+/// let e = <IoErrors as ErrorMapping<std::io::Error>>::context(Error::DeadlineExceeded, None);
+/// assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+/// ```
+pub trait ErrorMapping<E> {
+    /// The error type of the wrapped service.
+    type Error;
+    /// The call's context ended with `err` (and `cause`) before the call
+    /// completed, or before it started.
+    fn context(err: Error, cause: Option<Cause>) -> Self::Error;
+    /// The wrapped service failed with `e`.
+    fn inner(e: E) -> Self::Error;
+}
+
+/// Maps failures to [`std::io::Error`]: `DeadlineExceeded` →
+/// [`TimedOut`](io::ErrorKind::TimedOut), `Canceled` →
+/// [`Interrupted`](io::ErrorKind::Interrupted) (as `From<Error> for
+/// io::Error` does), with a [`ContextError`] inside that carries the cause;
+/// errors of the wrapped service are kept (an `io::Error` as is, anything
+/// else inside `io::Error::other`).
+///
+/// ```
+/// use ctxtree::{Error, integrations::{ContextError, ErrorMapping, IoErrors}};
+/// let e = <IoErrors as ErrorMapping<std::io::Error>>::context(Error::Canceled, None);
+/// assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
+/// let inner = e.get_ref().unwrap().downcast_ref::<ContextError>().unwrap();
+/// assert_eq!(inner.err(), Error::Canceled);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoErrors;
+
+impl<E: Into<BoxError>> ErrorMapping<E> for IoErrors {
+    type Error = io::Error;
+
+    fn context(err: Error, cause: Option<Cause>) -> io::Error {
+        let kind = io::Error::from(err).kind();
+        io::Error::new(kind, ContextError { err, cause })
+    }
+
+    fn inner(e: E) -> io::Error {
+        match e.into().downcast::<io::Error>() {
+            Ok(io) => *io,
+            Err(other) => io::Error::other(other),
+        }
+    }
+}
+
+/// The context of an outbound call ended: its [`err`](Self::err) and the
+/// [`cause`](Self::cause) it was cancelled with.
+/// Display: `context canceled: <cause>` or `context deadline exceeded`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ctxtree::{Error, integrations::ContextError};
+/// let e = ContextError::new(Error::Canceled, Some(Arc::new(ctxtree::integrations::Shutdown)));
+/// assert_eq!(e.to_string(), "context canceled: server shutting down");
+/// ```
+#[derive(Clone)]
+pub struct ContextError {
+    err: Error,
+    cause: Option<Cause>,
+}
+
+impl ContextError {
+    /// A context error from `err` and its `cause`.
+    ///
+    /// ```
+    /// let e = ctxtree::integrations::ContextError::new(ctxtree::Error::DeadlineExceeded, None);
+    /// assert!(e.err().is_timeout());
+    /// ```
+    pub fn new(err: Error, cause: Option<Cause>) -> ContextError {
+        ContextError { err, cause }
+    }
+
+    /// Why the context is done.
+    ///
+    /// ```
+    /// let e = ctxtree::integrations::ContextError::new(ctxtree::Error::Canceled, None);
+    /// assert_eq!(e.err(), ctxtree::Error::Canceled);
+    /// ```
+    pub fn err(&self) -> Error {
+        self.err
+    }
+
+    /// The cause the context was cancelled with, if known.
+    ///
+    /// ```
+    /// let e = ctxtree::integrations::ContextError::new(ctxtree::Error::Canceled, None);
+    /// assert!(e.cause().is_none());
+    /// ```
+    pub fn cause(&self) -> Option<&Cause> {
+        self.cause.as_ref()
+    }
+
+    /// `err` and `cause` as one message: the cause's text is added when it
+    /// says more than `err` does.
+    pub(crate) fn message(err: Error, cause: Option<&Cause>) -> String {
+        match cause {
+            Some(c) if c.downcast_ref::<Error>().is_none() => format!("{err}: {c}"),
+            _ => err.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&ContextError::message(self.err, self.cause.as_ref()))
+    }
+}
+
+impl fmt::Debug for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextError")
+            .field("err", &self.err)
+            .field("cause", &self.cause.as_ref().map(|c| c.to_string()))
+            .finish()
+    }
+}
+
+impl std::error::Error for ContextError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.err)
+    }
+}
+
+/// A [`tower::Layer`](tower_layer::Layer) for outbound HTTP/gRPC calls that
+/// inherit the caller's context.
+///
+/// Put the caller's [`Context`] in the outgoing request's extensions; the
+/// layer then:
+///
+/// - fails at once if the context is already done;
+/// - writes `grpc-timeout` from the time left before its deadline (keeping
+///   an existing, smaller header), so the next hop sees the same deadline;
+/// - races the call with [`ctx.done()`](Context::done): if the context ends
+///   first, the call is dropped and fails with the mapped error
+///   (`DeadlineExceeded` → timed out / `DEADLINE_EXCEEDED`, `Canceled` →
+///   interrupted / `CANCELLED`).
+///
+/// A request with no context passes through untouched. The error type
+/// is chosen by `M`: [`IoErrors`] by default (hyper), or
+/// `tonic::GrpcErrors` with the `tonic`
+/// feature.
+///
+/// Go equivalent: `http.NewRequestWithContext(ctx, …)` and grpc-go's
+/// `Invoke(ctx, …)`, which send the deadline and abort on cancellation.
+///
+/// ```
+/// use std::{convert::Infallible, io, time::Duration};
+/// use ctxtree::{Context, integrations::ClientLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A stand-in for a hyper client: answers with the grpc-timeout it got.
+/// let client = ClientLayer::new().layer(tower::service_fn(|req: http::Request<()>| async move {
+///     let header = req.headers().get("grpc-timeout").cloned();
+///     Ok::<_, Infallible>(header)
+/// }));
+/// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
+/// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+/// let sent = client.clone().oneshot(req).await.unwrap().unwrap();
+/// let sent = ctxtree::integrations::grpc_timeout::parse(sent.as_bytes()).unwrap();
+/// assert!(sent <= Duration::from_secs(2));
+///
+/// // A cancelled context fails the call with Interrupted, not Infallible.
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// cancel.cancel();
+/// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+/// let err: io::Error = client.oneshot(req).await.unwrap_err();
+/// assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+/// # }
+/// ```
+pub struct ClientLayer<M = IoErrors> {
+    _mapping: PhantomData<fn() -> M>,
+}
+
+impl ClientLayer<IoErrors> {
+    /// A client layer whose errors are `std::io::Error` (for hyper).
+    ///
+    /// ```
+    /// let layer = ctxtree::integrations::ClientLayer::new();
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> ClientLayer<IoErrors> {
+        ClientLayer::with_mapping()
+    }
+}
+
+impl<M> ClientLayer<M> {
+    /// A client layer with the error mapping `M`.
+    ///
+    /// ```
+    /// use ctxtree::integrations::{ClientLayer, IoErrors};
+    /// let layer = ClientLayer::<IoErrors>::with_mapping();
+    /// # let _ = layer;
+    /// ```
+    pub fn with_mapping() -> ClientLayer<M> {
+        ClientLayer {
+            _mapping: PhantomData,
+        }
+    }
+}
+
+impl Default for ClientLayer<IoErrors> {
+    fn default() -> Self {
+        ClientLayer::new()
+    }
+}
+
+impl<M> Clone for ClientLayer<M> {
+    fn clone(&self) -> Self {
+        ClientLayer::with_mapping()
+    }
+}
+
+impl<M> fmt::Debug for ClientLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientLayer")
+    }
+}
+
+impl<S, M> Layer<S> for ClientLayer<M> {
+    type Service = ClientService<S, M>;
+
+    fn layer(&self, inner: S) -> ClientService<S, M> {
+        ClientService {
+            inner,
+            _mapping: PhantomData,
+        }
+    }
+}
+
+/// The service made by [`ClientLayer`]: see there.
+///
+/// ```
+/// use ctxtree::integrations::{ClientLayer, ClientService};
+/// use tower::Layer;
+/// let svc: ClientService<_> = ClientLayer::new().layer(tower::service_fn(
+///     |_req: http::Request<()>| async { Ok::<_, std::io::Error>(()) },
+/// ));
+/// # let _ = svc;
+/// ```
+pub struct ClientService<S, M = IoErrors> {
+    inner: S,
+    _mapping: PhantomData<fn() -> M>,
+}
+
+impl<S: Clone, M> Clone for ClientService<S, M> {
+    fn clone(&self) -> Self {
+        ClientService {
+            inner: self.inner.clone(),
+            _mapping: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for ClientService<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientService")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, M> ClientService<S, M> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// let svc = ctxtree::integrations::ClientLayer::new().layer(5);
+    /// assert_eq!(*svc.get_ref(), 5);
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, B, M> Service<Request<B>> for ClientService<S, M>
+where
+    S: Service<Request<B>>,
+    M: ErrorMapping<S::Error>,
+{
+    type Response = S::Response;
+    type Error = M::Error;
+    type Future = ClientFuture<S::Future, M>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), M::Error>> {
+        self.inner.poll_ready(cx).map_err(M::inner)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> ClientFuture<S::Future, M> {
+        let Some(ctx) = req.extensions().get::<Context>().cloned() else {
+            return ClientFuture::running(self.inner.call(req), None);
+        };
+        if let Err(err) = ctx.err() {
+            return ClientFuture::failed(err, ctx.cause());
+        }
+        if let Some(deadline) = ctx.deadline() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The timer has not fired yet, but the deadline has passed.
+                return ClientFuture::failed(Error::DeadlineExceeded, None);
+            }
+            let headers = req.headers_mut();
+            let keep = headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| grpc_timeout::parse(v.as_bytes()))
+                .is_some_and(|existing| existing <= left);
+            if !keep {
+                headers.insert(GRPC_TIMEOUT, grpc_timeout::encode(left));
+            }
+        }
+        let done = ctx.done();
+        ClientFuture::running(self.inner.call(req), Some((done, ctx)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ClientService`]: the call raced with the
+    /// end of its context.
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::ClientLayer};
+    /// use tower::{Layer, Service};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut client = ClientLayer::new().layer(tower::service_fn(|_req: http::Request<()>| {
+    ///     std::future::pending::<Result<(), std::io::Error>>() // a call that hangs
+    /// }));
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let fut = client.call(http::Request::builder().extension(ctx).body(()).unwrap());
+    /// cancel.cancel_with_cause("user pressed stop");
+    /// let err = fut.await.unwrap_err();
+    /// assert_eq!(err.to_string(), "context canceled: user pressed stop");
+    /// # }
+    /// ```
+    pub struct ClientFuture<F, M> {
+        #[pin]
+        inner: Option<F>,
+        done: Option<(Done, Context)>,
+        failed: Option<(Error, Option<Cause>)>,
+        _mapping: PhantomData<fn() -> M>,
+    }
+}
+
+impl<F, M> ClientFuture<F, M> {
+    fn running(inner: F, done: Option<(Done, Context)>) -> Self {
+        ClientFuture {
+            inner: Some(inner),
+            done,
+            failed: None,
+            _mapping: PhantomData,
+        }
+    }
+
+    fn failed(err: Error, cause: Option<Cause>) -> Self {
+        ClientFuture {
+            inner: None,
+            done: None,
+            failed: Some((err, cause)),
+            _mapping: PhantomData,
+        }
+    }
+}
+
+impl<F, M> fmt::Debug for ClientFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture")
+            .field("running", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl<F, T, E, M> Future for ClientFuture<F, M>
+where
+    F: Future<Output = Result<T, E>>,
+    M: ErrorMapping<E>,
+{
+    type Output = Result<T, M::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some((err, cause)) = this.failed.take() {
+            return Poll::Ready(Err(M::context(err, cause)));
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            // Polled after completion: stay pending rather than panic.
+            return Poll::Pending;
+        };
+        // The call first: a response that is ready wins over a
+        // cancellation seen in the same poll (like run_until_done).
+        if let Poll::Ready(result) = inner.poll(cx) {
+            this.inner.set(None);
+            *this.done = None;
+            return Poll::Ready(result.map_err(M::inner));
+        }
+        if let Some((done, ctx)) = this.done.as_mut() {
+            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
+                let cause = ctx.cause();
+                // Abort the call now, not when the caller drops us.
+                this.inner.set(None);
+                *this.done = None;
+                return Poll::Ready(Err(M::context(err, cause)));
+            }
+        }
+        Poll::Pending
+    }
+}

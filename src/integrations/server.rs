@@ -1,0 +1,375 @@
+//! [`ServerLayer`]: one request context per request, the way Go's net/http
+//! and grpc-go do it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::integrations::body::{ContextBody, RequestGuard};
+use crate::integrations::grpc_timeout::{self, Header};
+use crate::{Context, Done, Error};
+
+/// A [`tower::Layer`](tower_layer::Layer) that gives every request a
+/// [`Context`], derived from a server-wide root.
+///
+/// For each request the wrapped service sees:
+///
+/// - a child of the root in the request's extensions (read it with
+///   `req.extensions().get::<Context>()`, the axum extractor, or
+///   `tonic::request_context`);
+///   cancelling the root (graceful shutdown, ideally with
+///   [`Shutdown`](crate::integrations::Shutdown) as the cause) cancels every
+///   in-flight request;
+/// - a deadline: the earlier of the server's cap ([`max_timeout`](Self::max_timeout))
+///   and the request's `grpc-timeout` header (malformed headers are
+///   ignored and [counted](Self::malformed_grpc_timeouts));
+/// - an end: the context is cancelled with
+///   [`RequestFinished`](crate::integrations::RequestFinished) when the
+///   handler returns (for a streaming body: when the body ends), and with
+///   [`ClientDisconnected`](crate::integrations::ClientDisconnected) if the
+///   response future or body is dropped first (client disconnect, HTTP/2
+///   reset, an outer timeout).
+///
+/// On expiry the default is Go's: the handler observes its context and
+/// decides what to answer. With [`abort_on_deadline`](Self::abort_on_deadline)
+/// the layer instead drops the handler and answers `504 Gateway Timeout`
+/// (or, for gRPC requests, status 4 `DEADLINE_EXCEEDED`).
+///
+/// Cost per request: one child context (a timer entry only when there is a
+/// deadline), the extension insert, and no spawned task.
+///
+/// Go equivalent: the `r.Context()` of net/http (cancelled when the client
+/// disconnects or `ServeHTTP` returns, with `Server.BaseContext` as root) and
+/// the context grpc-go gives each handler (deadline from `grpc-timeout`).
+///
+/// ```
+/// use std::{convert::Infallible, time::Duration};
+/// use ctxtree::{Context, integrations::{ServerLayer, Shutdown}};
+/// use tower::{Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (root, shutdown) = Context::background().with_cancel();
+/// let layer = ServerLayer::new(root).max_timeout(Duration::from_secs(30));
+///
+/// let svc = layer.layer(tower::service_fn(|req: http::Request<String>| async move {
+///     let ctx = req.extensions().get::<Context>().unwrap().clone();
+///     // The deadline is the earlier of the cap and the grpc-timeout header.
+///     let left = ctx.deadline().unwrap() - std::time::Instant::now();
+///     assert!(left <= Duration::from_millis(250));
+///     Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+/// }));
+/// let req = http::Request::builder().header("grpc-timeout", "250m")
+///     .body(String::new()).unwrap();
+/// let resp = svc.oneshot(req).await.unwrap();
+/// assert_eq!(resp.status(), 200);
+/// shutdown.cancel_with_cause(Shutdown); // graceful shutdown: ends every request
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerLayer {
+    root: Context,
+    max_timeout: Option<Duration>,
+    abort: bool,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    malformed: AtomicU64,
+}
+
+impl ServerLayer {
+    /// A layer deriving request contexts from `root`, with no deadline cap
+    /// and Go's expiry behaviour (the handler decides).
+    ///
+    /// ```
+    /// let (root, _shutdown) = ctxtree::Context::background().with_cancel();
+    /// let layer = ctxtree::integrations::ServerLayer::new(root);
+    /// assert_eq!(layer.malformed_grpc_timeouts(), 0);
+    /// ```
+    pub fn new(root: Context) -> ServerLayer {
+        ServerLayer {
+            root,
+            max_timeout: None,
+            abort: false,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Caps every request's time: its deadline is at most `timeout` after
+    /// the request arrives, whatever its `grpc-timeout` header says.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = ctxtree::integrations::ServerLayer::new(ctxtree::Context::background())
+    ///     .max_timeout(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn max_timeout(mut self, timeout: Duration) -> ServerLayer {
+        self.max_timeout = Some(timeout);
+        self
+    }
+
+    /// When a request's deadline passes before its handler returns, drop
+    /// the handler and answer `504 Gateway Timeout` with an empty body; for
+    /// gRPC requests (`content-type: application/grpc…`), a trailers-only
+    /// response with `grpc-status: 4` (`DEADLINE_EXCEEDED`). The default is
+    /// Go's: the handler observes the expiry through its context and
+    /// answers what it likes.
+    ///
+    /// Go equivalent: wrapping the handler in `http.TimeoutHandler`.
+    ///
+    /// ```
+    /// let layer = ctxtree::integrations::ServerLayer::new(ctxtree::Context::background())
+    ///     .abort_on_deadline();
+    /// # let _ = layer;
+    /// ```
+    pub fn abort_on_deadline(mut self) -> ServerLayer {
+        self.abort = true;
+        self
+    }
+
+    /// How many requests so far carried a `grpc-timeout` header that did
+    /// not parse (it was ignored), over every service made by this layer
+    /// and its clones.
+    ///
+    /// ```
+    /// # use ctxtree::integrations::ServerLayer;
+    /// let layer = ServerLayer::new(ctxtree::Context::background());
+    /// assert_eq!(layer.malformed_grpc_timeouts(), 0);
+    /// ```
+    pub fn malformed_grpc_timeouts(&self) -> u64 {
+        self.stats.malformed.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for ServerLayer {
+    type Service = ServerService<S>;
+
+    fn layer(&self, inner: S) -> ServerService<S> {
+        ServerService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ServerLayer`]: see there.
+///
+/// ```
+/// use ctxtree::integrations::{ServerLayer, ServerService};
+/// use tower::Layer;
+/// let svc: ServerService<_> = ServerLayer::new(ctxtree::Context::background())
+///     .layer(tower::service_fn(|_req: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     }));
+/// assert_eq!(svc.malformed_grpc_timeouts(), 0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerService<S> {
+    inner: S,
+    layer: ServerLayer,
+}
+
+impl<S> ServerService<S> {
+    /// See [`ServerLayer::malformed_grpc_timeouts`].
+    ///
+    /// ```
+    /// # use ctxtree::integrations::ServerLayer; use tower::Layer;
+    /// let svc = ServerLayer::new(ctxtree::Context::background()).layer(());
+    /// assert_eq!(svc.malformed_grpc_timeouts(), 0);
+    /// ```
+    pub fn malformed_grpc_timeouts(&self) -> u64 {
+        self.layer.malformed_grpc_timeouts()
+    }
+
+    /// The wrapped service.
+    ///
+    /// ```
+    /// # use ctxtree::integrations::ServerLayer; use tower::Layer;
+    /// let svc = ServerLayer::new(ctxtree::Context::background()).layer(7);
+    /// assert_eq!(*svc.get_ref(), 7);
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The request context for a request with these headers: a child of
+    /// the root, with the deadline the layer would give it.
+    fn derive(&self, headers: &http::HeaderMap) -> (Context, crate::CancelHandle) {
+        let header = match grpc_timeout::from_headers(headers) {
+            Header::Malformed => {
+                // Relaxed: a statistics counter, ordered with nothing.
+                self.layer.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            h => h.timeout(),
+        };
+        let timeout = match (header, self.layer.max_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // A timeout too long for `Instant` (e.g. 99999999H) means no deadline.
+        match timeout.and_then(|t| Instant::now().checked_add(t)) {
+            Some(deadline) => self.layer.root.with_deadline(deadline),
+            None => self.layer.root.with_cancel(),
+        }
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<ContextBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> ResponseFuture<S::Future> {
+        let (ctx, handle) = self.derive(req.headers());
+        let deadline = if self.layer.abort && ctx.deadline().is_some() {
+            Some(ctx.done())
+        } else {
+            None
+        };
+        let grpc = deadline.is_some() && is_grpc(&req);
+        req.extensions_mut().insert(ctx);
+        ResponseFuture {
+            inner: Some(self.inner.call(req)),
+            guard: Some(RequestGuard::new(handle)),
+            deadline,
+            grpc,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ServerService`]. Dropping it before it
+    /// completes cancels the request's context with
+    /// [`ClientDisconnected`](crate::integrations::ClientDisconnected).
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::{Outcome, ServerLayer}};
+    /// use tower::{Layer, Service};
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut svc = ServerLayer::new(Context::background()).layer(tower::service_fn(
+    ///     move |req: http::Request<String>| {
+    ///         tx.send(req.extensions().get::<Context>().unwrap().clone()).unwrap();
+    ///         std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+    ///     },
+    /// ));
+    /// let fut = svc.call(http::Request::new(String::new()));
+    /// let ctx = rx.recv().unwrap();
+    /// drop(fut); // the client went away
+    /// assert_eq!(Outcome::of(&ctx), Outcome::ClientDisconnected);
+    /// ```
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        guard: Option<RequestGuard>,
+        deadline: Option<Done>,
+        grpc: bool,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("running", &self.inner.is_some())
+            .field("abort_on_deadline", &self.deadline.is_some())
+            .finish()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
+{
+    type Output = Result<Response<ContextBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            // Polled after completion: stay pending rather than panic.
+            return Poll::Pending;
+        };
+        if let Poll::Ready(result) = inner.poll(cx) {
+            this.inner.set(None);
+            let mut guard = this.guard.take().unwrap_or_else(RequestGuard::finished);
+            return Poll::Ready(match result {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    if body.is_end_stream() {
+                        guard.finish();
+                    }
+                    Ok(Response::from_parts(
+                        parts,
+                        ContextBody::with_guard(body, guard),
+                    ))
+                }
+                Err(e) => {
+                    guard.finish();
+                    Err(e)
+                }
+            });
+        }
+        if let Some(done) = this.deadline.as_mut() {
+            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
+                *this.deadline = None;
+                if err == Error::DeadlineExceeded {
+                    // Drop the handler now; the context is already done
+                    // (deadline), so finishing changes nothing about it.
+                    this.inner.set(None);
+                    if let Some(mut guard) = this.guard.take() {
+                        guard.finish();
+                    }
+                    return Poll::Ready(Ok(deadline_response(*this.grpc)));
+                }
+                // Cancelled otherwise (shutdown): the handler decides.
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The answer of `abort_on_deadline`: 504, or gRPC status 4 trailers-only.
+fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
+    let mut response = Response::new(ContextBody::empty());
+    if grpc {
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("4"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("context%20deadline%20exceeded"),
+        );
+    } else {
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    }
+    response
+}
