@@ -125,7 +125,13 @@ fn w5() {
             }
         }
         for (i, phase) in ["build", "cancel", "drop"].iter().enumerate() {
-            record(FILE, &format!("W5_fanout_cancel/{phase}"), imp, "ns/child", stats(&runs[i]));
+            record(
+                FILE,
+                &format!("W5_fanout_cancel/{phase}"),
+                imp,
+                "ns/child",
+                stats(&runs[i]),
+            );
         }
     }
 }
@@ -210,6 +216,7 @@ fn w6_once(imp: &str, n: usize) -> [f64; 3] {
 fn w6() {
     const DEPTH: usize = 10_000;
     for imp in IMPLS {
+        // On a big-stack thread: the mutex port recurses 10,000 deep.
         let runs = on_big_stack(move || {
             let mut runs = [vec![], vec![], vec![]];
             w6_once(imp, DEPTH);
@@ -222,7 +229,13 @@ fn w6() {
             runs
         });
         for (i, phase) in ["build", "cancel", "drop"].iter().enumerate() {
-            record(FILE, &format!("W6_deep_chain/{phase}"), imp, "ns/level", stats(&runs[i]));
+            record(
+                FILE,
+                &format!("W6_deep_chain/{phase}"),
+                imp,
+                "ns/level",
+                stats(&runs[i]),
+            );
         }
     }
     // 1,000,000 levels on a 256 KiB stack, one child process each.
@@ -243,7 +256,14 @@ fn w6() {
         } else {
             format!("failed: {}", out.status)
         };
-        record_check(FILE, "W6_deep_chain/1M_on_256KiB", imp, out.status.success(), secs, &note);
+        record_check(
+            FILE,
+            "W6_deep_chain/1M_on_256KiB",
+            imp,
+            out.status.success(),
+            secs,
+            &note,
+        );
     }
 }
 
@@ -290,56 +310,56 @@ where
 }
 
 fn w7() {
+    // The implementations take turns round by round, so a change in the
+    // machine's state (load, frequency) hits all of them alike.
     let rounds = reps(1500, 150);
-    let mut lat: Vec<f64>;
+    let mut lat: [Vec<f64>; 4] = Default::default();
+    let (cx_parent, _hp) = Context::background().with_cancel();
+    let tok_parent = CancellationToken::new();
+    let (mp_parent, _hmp) = mutex_port::Ctx::background().with_cancel();
+    for _ in 0..rounds {
+        let (ctx, h) = cx_parent.with_cancel();
+        lat[0].push(wake_round(
+            move || {
+                black_box(ctx.wait());
+            },
+            |_| h.cancel(),
+        ));
 
-    let (parent, _hp) = Context::background().with_cancel();
-    lat = (0..rounds)
-        .map(|_| {
-            let (ctx, h) = parent.with_cancel();
-            wake_round(move || { black_box(ctx.wait()); }, |_| h.cancel())
-        })
-        .collect();
-    record(FILE, "W7_wake_latency", "ctxtree", "ns", stats(&lat));
+        let tok = tok_parent.child_token();
+        let t2 = tok.clone();
+        lat[1].push(wake_round(
+            move || futures::executor::block_on(t2.cancelled()),
+            |_| tok.cancel(),
+        ));
 
-    let parent = CancellationToken::new();
-    lat = (0..rounds)
-        .map(|_| {
-            let tok = parent.child_token();
-            let t2 = tok.clone();
-            wake_round(move || futures::executor::block_on(t2.cancelled()), |_| tok.cancel())
-        })
-        .collect();
-    record(FILE, "W7_wake_latency", "tokio-util", "ns", stats(&lat));
+        let (ctx, h) = mp_parent.with_cancel();
+        lat[2].push(wake_round(
+            move || {
+                black_box(ctx.wait());
+            },
+            |_| h.cancel(),
+        ));
 
-    let (parent, _hp) = mutex_port::Ctx::background().with_cancel();
-    lat = (0..rounds)
-        .map(|_| {
-            let (ctx, h) = parent.with_cancel();
-            wake_round(move || { black_box(ctx.wait()); }, |_| h.cancel())
-        })
-        .collect();
-    record(FILE, "W7_wake_latency", "mutex-port", "ns", stats(&lat));
-
-    // The limit: a bare flag + thread::park/unpark (futex) round trip.
-    lat = (0..rounds)
-        .map(|_| {
-            let flag = Arc::new(AtomicBool::new(false));
-            let f2 = flag.clone();
-            wake_round(
-                move || {
-                    while !f2.load(Ordering::Acquire) {
-                        std::thread::park();
-                    }
-                },
-                |t| {
-                    flag.store(true, Ordering::Release);
-                    t.unpark();
-                },
-            )
-        })
-        .collect();
-    record(FILE, "L_park_unpark", "limit", "ns", stats(&lat));
+        // The limit: a bare flag + thread::park/unpark (futex) round trip.
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = flag.clone();
+        lat[3].push(wake_round(
+            move || {
+                while !f2.load(Ordering::Acquire) {
+                    std::thread::park();
+                }
+            },
+            |t| {
+                flag.store(true, Ordering::Release);
+                t.unpark();
+            },
+        ));
+    }
+    record(FILE, "W7_wake_latency", "ctxtree", "ns", stats(&lat[0]));
+    record(FILE, "W7_wake_latency", "tokio-util", "ns", stats(&lat[1]));
+    record(FILE, "W7_wake_latency", "mutex-port", "ns", stats(&lat[2]));
+    record(FILE, "L_park_unpark", "limit", "ns", stats(&lat[3]));
 }
 
 // ---- W8: wake 1,000 tasks ---------------------------------------------------
@@ -399,7 +419,12 @@ where
         let all_done = Arc::new(tokio::sync::Notify::new());
         for _ in 0..TASKS {
             let fut = make_wait();
-            let (s, f, e, n) = (started.clone(), finished.clone(), end.clone(), all_done.clone());
+            let (s, f, e, n) = (
+                started.clone(),
+                finished.clone(),
+                end.clone(),
+                all_done.clone(),
+            );
             tokio::spawn(async move {
                 s.fetch_add(1, Ordering::Relaxed);
                 fut.await;
@@ -423,43 +448,40 @@ where
 }
 
 fn w8() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let rounds = reps(300, 30);
+    // Round by round in turn, as in W7.
+    let mut lat: [Vec<f64>; 4] = Default::default();
+    let (cx_parent, _hp) = Context::background().with_cancel();
+    let tok_parent = CancellationToken::new();
+    let (mp_parent, _hmp) = mutex_port::Ctx::background().with_cancel();
+    for _ in 0..rounds {
+        let (ctx, h) = cx_parent.with_cancel();
+        lat[0].push(wake_many_round(&rt, || ctx.done(), || h.cancel()));
 
-    let (parent, _hp) = Context::background().with_cancel();
-    let lat: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let (ctx, h) = parent.with_cancel();
-            wake_many_round(&rt, || ctx.done(), || h.cancel())
-        })
-        .collect();
-    record(FILE, "W8_wake_many", "ctxtree", "ns", stats(&lat));
+        let tok = tok_parent.child_token();
+        lat[1].push(wake_many_round(
+            &rt,
+            || tok.clone().cancelled_owned(),
+            || tok.cancel(),
+        ));
 
-    let parent = CancellationToken::new();
-    let lat: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let tok = parent.child_token();
-            wake_many_round(&rt, || tok.clone().cancelled_owned(), || tok.cancel())
-        })
-        .collect();
-    record(FILE, "W8_wake_many", "tokio-util", "ns", stats(&lat));
+        let (ctx, h) = mp_parent.with_cancel();
+        lat[2].push(wake_many_round(&rt, || ctx.done(), || h.cancel()));
 
-    let (parent, _hp) = mutex_port::Ctx::background().with_cancel();
-    let lat: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let (ctx, h) = parent.with_cancel();
-            wake_many_round(&rt, || ctx.done(), || h.cancel())
-        })
-        .collect();
-    record(FILE, "W8_wake_many", "mutex-port", "ns", stats(&lat));
-
-    let lat: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let bare = Arc::new(Bare::default());
-            wake_many_round(&rt, || BareWait(bare.clone(), false), || bare.fire())
-        })
-        .collect();
-    record(FILE, "L_tokio_wake_1000", "limit", "ns", stats(&lat));
+        let bare = Arc::new(Bare::default());
+        lat[3].push(wake_many_round(
+            &rt,
+            || BareWait(bare.clone(), false),
+            || bare.fire(),
+        ));
+    }
+    record(FILE, "W8_wake_many", "ctxtree", "ns", stats(&lat[0]));
+    record(FILE, "W8_wake_many", "tokio-util", "ns", stats(&lat[1]));
+    record(FILE, "W8_wake_many", "mutex-port", "ns", stats(&lat[2]));
+    record(FILE, "L_tokio_wake_1000", "limit", "ns", stats(&lat[3]));
 }
 
 fn main() {
@@ -472,7 +494,10 @@ fn main() {
     }
     // `cargo bench -- <filter>`: run only the workloads whose name contains
     // one of the arguments (cargo passes `--bench`, ignored).
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let want = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     if filters.is_empty() {
         support::reset(FILE);

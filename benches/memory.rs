@@ -63,7 +63,10 @@ fn snapshot() -> (isize, usize) {
             break;
         }
     }
-    (BYTES.load(Ordering::Relaxed), ALLOCS.load(Ordering::Relaxed))
+    (
+        BYTES.load(Ordering::Relaxed),
+        ALLOCS.load(Ordering::Relaxed),
+    )
 }
 
 /// Derives `N` children of a fresh parent with `derive` into a
@@ -97,7 +100,10 @@ fn main() {
     let out = [
         (
             "ctxtree",
-            measure(|| Context::background().with_cancel(), |(p, _)| p.with_cancel()),
+            measure(
+                || Context::background().with_cancel(),
+                |(p, _)| p.with_cancel(),
+            ),
             std::mem::size_of::<(Context, ctxtree::CancelHandle)>(),
         ),
         (
@@ -107,18 +113,36 @@ fn main() {
         ),
         (
             "mutex-port",
-            measure(|| mutex_port::Ctx::background().with_cancel(), |(p, _)| p.with_cancel()),
+            measure(
+                || mutex_port::Ctx::background().with_cancel(),
+                |(p, _)| p.with_cancel(),
+            ),
             std::mem::size_of::<(mutex_port::Ctx, mutex_port::CancelFn)>(),
         ),
     ];
     for (imp, (bytes, allocs, held, left), handle) in out {
         record("memory", "W9_memory/bytes", imp, "B/child", stats(&[bytes]));
-        record("memory", "W9_memory/allocs", imp, "allocs/child", stats(&[allocs]));
-        record("memory", "W9_memory/handle_bytes", imp, "B/child", stats(&[handle as f64]));
+        record(
+            "memory",
+            "W9_memory/allocs",
+            imp,
+            "allocs/child",
+            stats(&[allocs]),
+        );
+        record(
+            "memory",
+            "W9_memory/handle_bytes",
+            imp,
+            "B/child",
+            stats(&[handle as f64]),
+        );
         println!(
             "  {imp}: after dropping the children, {held} bytes still held while the parent lives; \
              {left} after the parent is dropped"
         );
     }
-    println!("  net heap change over the whole run: {} bytes", snapshot().0 - before);
+    println!(
+        "  net heap change over the whole run: {} bytes",
+        snapshot().0 - before
+    );
 }

@@ -19,7 +19,10 @@ fn main() {
     let Ok(w) = std::env::var("CTXTREE_PROFILE") else {
         return;
     };
-    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let (parent, _hp) = Context::background().with_cancel();
     match w.as_str() {
         "W1" => {
@@ -43,10 +46,18 @@ fn main() {
             }
         }
         "W5" => {
-            let (p, h) = parent.with_cancel();
-            let kids: Vec<_> = (0..n).map(|_| p.with_cancel()).collect();
-            h.cancel();
-            drop(kids);
+            // `REPS` rounds, as the bench does: later rounds allocate from
+            // what the earlier ones freed.
+            let reps: usize = std::env::var("REPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            for _ in 0..reps {
+                let (p, h) = parent.with_cancel();
+                let kids: Vec<_> = (0..n).map(|_| p.with_cancel()).collect();
+                h.cancel();
+                drop(kids);
+            }
         }
         "W6" => {
             let (root, h) = parent.with_cancel();
@@ -68,7 +79,9 @@ fn main() {
             }
         }
         "W8" => {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             for _ in 0..n / 1000 {
                 let (ctx, h) = parent.with_cancel();
                 rt.block_on(async {

@@ -287,8 +287,13 @@ def main():
         lines.append(f"| {name} | {unit} | " + " | ".join(cell(cells[i]) for i in IMPLS)
                      + f" | {lim_txt} | {ratio_peer} | {ratio_lim} |")
     lines.append("")
+    def with_unit(v):
+        t = fmt(v)
+        return t if t.endswith("µs") else t + " ns"
+
     lines.append("Limits on their own: " + ", ".join(
-        f"{l} {fmt(get(l, 'limit')['median'])} ns" for l in LIMITS if get(l, "limit")) + ".")
+        f"{lim_name} {with_unit(get(lim_name, 'limit')['median'])}"
+        for lim_name in LIMITS if get(lim_name, "limit")) + ".")
     lines.append("")
     lines.append("### Targets (issue #4), from this run")
     lines.append("")

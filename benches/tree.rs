@@ -342,7 +342,9 @@ fn w11(c: &mut Criterion) {
 fn limits(c: &mut Criterion) {
     let mut g = c.benchmark_group("L_atomic_load");
     let a = AtomicUsize::new(0);
-    g.bench_function("limit", |b| b.iter(|| black_box(&a).load(Ordering::Acquire)));
+    g.bench_function("limit", |b| {
+        b.iter(|| black_box(&a).load(Ordering::Acquire))
+    });
     g.finish();
 
     // One 64-byte allocation, N uncontended compare-exchanges on a shared

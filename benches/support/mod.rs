@@ -109,7 +109,10 @@ pub fn record_check(file: &str, workload: &str, imp: &str, passed: bool, secs: f
         quick()
     )
     .unwrap();
-    println!("{workload:<28} {imp:<12} {} ({secs:.2} s) {note}", if passed { "PASS" } else { "FAIL" });
+    println!(
+        "{workload:<28} {imp:<12} {} ({secs:.2} s) {note}",
+        if passed { "PASS" } else { "FAIL" }
+    );
 }
 
 pub fn ns(d: Duration) -> f64 {

@@ -124,7 +124,14 @@ fn cancel(n: &Arc<Node>, err: Error, remove_from_parent: bool) {
 fn remove_child(n: &Node) {
     if let Some(p) = n.parent.as_ref().and_then(scope) {
         let key = n as *const Node as usize;
-        p.cancel.as_ref().unwrap().inner.lock().unwrap().children.remove(&key);
+        p.cancel
+            .as_ref()
+            .unwrap()
+            .inner
+            .lock()
+            .unwrap()
+            .children
+            .remove(&key);
     }
 }
 
