@@ -17,9 +17,9 @@
 //! Unlinking is O(1) when the entry is at the head (the common
 //! derive-then-drop case). Otherwise the entry stays marked and counts as
 //! garbage; the removal that brings the garbage count to the sweep threshold
-//! sweeps the whole list, and the next threshold is the number of live
+//! sweeps the whole list, and the next threshold is half the number of live
 //! entries it saw (at least [`MIN_SWEEP`]). So the number of dead entries in
-//! an open list is at most `max(MIN_SWEEP, live entries at the last sweep)`
+//! an open list is at most `max(MIN_SWEEP, live entries at the last sweep / 2)`
 //! and removal is amortised O(1) (invariant 6). A sealed list is never swept:
 //! it cannot grow, and its owner unlinks whatever is left when it dies.
 
@@ -285,7 +285,14 @@ impl ChildList {
         if dead == threshold {
             // SAFETY: forwarded from our caller.
             let (unlinked, live) = unsafe { self.sweep(guard) };
-            let next_threshold = live.max(MIN_SWEEP);
+            // Half the live entries: removals that happen at the head are
+            // not counted, so a threshold of `live` could be missed forever
+            // when every live entry goes away (e.g. a FIFO drop of a large
+            // fan-out). With `live / 2` the dead entries left behind are at
+            // most max(MIN_SWEEP, live at the last sweep / 2) and each sweep
+            // is still paid for by as many removals as it costs (amortised
+            // O(1), invariant 6).
+            let next_threshold = (live / 2).max(MIN_SWEEP);
             // Relaxed: see above. Keep the threshold above the count so the
             // equality test fires again (invariant 6).
             let _ = self

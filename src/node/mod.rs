@@ -530,8 +530,10 @@ pub(crate) fn alloc<T>(node: Box<T>) -> NonNull<T> {
 
 /// Sets the claims of a node that is not published yet.
 pub(crate) fn set_claims(header: &Header, claims: u16) {
-    // Relaxed: unpublished; the publishing CAS orders it.
-    let old = header.claims.swap(claims, Ordering::Relaxed);
+    // Relaxed load and store, no read-modify-write: the node is not
+    // published yet (the publishing CAS orders it).
+    let old = header.claims.load(Ordering::Relaxed);
+    header.claims.store(claims, Ordering::Relaxed);
     count_claims(isize::from(claims as i16) - isize::from(old as i16));
 }
 
