@@ -5,7 +5,7 @@
 //!
 //! Its own test binary: it reads the process-wide claim counter.
 
-use ctxtree::{Context, __private};
+use ctxtree::{__private, Context};
 
 #[cfg(debug_assertions)]
 #[test]
