@@ -396,11 +396,12 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
                 // SAFETY: the owner's claim on its waiter entry.
                 unsafe { release_claim(w.cast()) };
             }
-            // SAFETY: the alive claim (and the list's, when `leave_parent`
-            // handed it back to us). A traverser that can still see us keeps
-            // the list's claim, or its release was deferred behind it
-            // (invariant 5).
-            unsafe { release_claims(h, if list_claim_free { 2 } else { 1 }) };
+            // The alive claim, and the list's when `leave_parent` handed it
+            // back to us. A traverser that can still see us keeps the list's
+            // claim, or its release was deferred behind it (invariant 5).
+            let ours = if list_claim_free { 2 } else { 1 };
+            // SAFETY: we own `ours` claims on `h` (see above).
+            unsafe { release_claims(h, ours) };
             [parent, other]
         }
         Kind::Forward | Kind::Callback | Kind::Waiters => {

@@ -113,10 +113,10 @@ fn run() {
         st.sleeping_until = None;
         st.wheel.poll_expired(Instant::now(), &mut due);
         for Entry(node) in due.drain(..) {
-            // SAFETY: the entry was armed until this poll and its `timer`
-            // field still holds the id, so a dying node takes the lock in
-            // `disarm` before it can be freed: valid while we hold the lock
-            // and until we store NONE (invariant 10).
+            // The entry was armed until this poll and its `timer` field
+            // still holds the id, so a dying node takes the lock in
+            // `disarm` before it can be freed (invariant 10).
+            // SAFETY: valid while we hold the lock and until we store NONE.
             let d = unsafe { node.as_ref() };
             // SAFETY: valid, as above. A dead node is skipped.
             if let Some(held) = unsafe { NodeRef::try_acquire(node.cast()) } {
