@@ -46,6 +46,61 @@ fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
         .unwrap()
 }
 
+// The ctxtree and mutex-port arms of W5 and W6 are the same code over two
+// types with the same Go-style API: one macro body each.
+
+/// W5 for a Go-style API (`with_cancel()` returning (ctx, handle)).
+macro_rules! w5_go_style {
+    ($background:expr, $n:expr) => {{
+        let n = $n;
+        let (parent, h) = $background.with_cancel();
+        let mut kids = Vec::with_capacity(n);
+        let t = Instant::now();
+        for _ in 0..n {
+            kids.push(parent.with_cancel());
+        }
+        let build = t.elapsed();
+        let t = Instant::now();
+        h.cancel();
+        let cancel = t.elapsed();
+        assert!(kids[n / 2].0.is_done());
+        let t = Instant::now();
+        drop(kids);
+        drop(parent);
+        drop(h);
+        let dropped = t.elapsed();
+        [build, cancel, dropped].map(|d| ns(d) / n as f64)
+    }};
+}
+
+/// W6 for a Go-style API.
+macro_rules! w6_go_style {
+    ($background:expr, $n:expr) => {{
+        let n = $n;
+        let (root, h) = $background.with_cancel();
+        let mut levels = Vec::with_capacity(n);
+        let t = Instant::now();
+        let mut ctx = root.clone();
+        for _ in 0..n {
+            let (c, hh) = ctx.with_cancel();
+            levels.push((ctx, hh));
+            ctx = c;
+        }
+        let build = t.elapsed();
+        let t = Instant::now();
+        h.cancel();
+        let cancel = t.elapsed();
+        assert!(ctx.is_done());
+        let t = Instant::now();
+        drop(levels);
+        drop(ctx);
+        drop(root);
+        drop(h);
+        let dropped = t.elapsed();
+        [build, cancel, dropped].map(|d| ns(d) / n as f64)
+    }};
+}
+
 // ---- W5: fan-out ------------------------------------------------------------
 
 const FANOUT: usize = 100_000;
@@ -54,25 +109,7 @@ const FANOUT: usize = 100_000;
 fn w5_once(imp: &str) -> [f64; 3] {
     let n = FANOUT;
     match imp {
-        "ctxtree" => {
-            let (parent, h) = Context::background().with_cancel();
-            let mut kids = Vec::with_capacity(n);
-            let t = Instant::now();
-            for _ in 0..n {
-                kids.push(parent.with_cancel());
-            }
-            let build = t.elapsed();
-            let t = Instant::now();
-            h.cancel();
-            let cancel = t.elapsed();
-            assert!(kids[n / 2].0.is_done());
-            let t = Instant::now();
-            drop(kids);
-            drop(parent);
-            drop(h);
-            let dropped = t.elapsed();
-            [build, cancel, dropped].map(|d| ns(d) / n as f64)
-        }
+        "ctxtree" => w5_go_style!(Context::background(), n),
         "tokio-util" => {
             let parent = CancellationToken::new();
             let mut kids = Vec::with_capacity(n);
@@ -91,25 +128,7 @@ fn w5_once(imp: &str) -> [f64; 3] {
             let dropped = t.elapsed();
             [build, cancel, dropped].map(|d| ns(d) / n as f64)
         }
-        "mutex-port" => {
-            let (parent, h) = mutex_port::Ctx::background().with_cancel();
-            let mut kids = Vec::with_capacity(n);
-            let t = Instant::now();
-            for _ in 0..n {
-                kids.push(parent.with_cancel());
-            }
-            let build = t.elapsed();
-            let t = Instant::now();
-            h.cancel();
-            let cancel = t.elapsed();
-            assert!(kids[n / 2].0.is_done());
-            let t = Instant::now();
-            drop(kids);
-            drop(parent);
-            drop(h);
-            let dropped = t.elapsed();
-            [build, cancel, dropped].map(|d| ns(d) / n as f64)
-        }
+        "mutex-port" => w5_go_style!(mutex_port::Ctx::background(), n),
         _ => unreachable!(),
     }
 }
@@ -141,29 +160,7 @@ fn w5() {
 /// (build, cancel root, drop) in ns per level for one chain of `n`.
 fn w6_once(imp: &str, n: usize) -> [f64; 3] {
     match imp {
-        "ctxtree" => {
-            let (root, h) = Context::background().with_cancel();
-            let mut levels = Vec::with_capacity(n);
-            let t = Instant::now();
-            let mut ctx = root.clone();
-            for _ in 0..n {
-                let (c, hh) = ctx.with_cancel();
-                levels.push((ctx, hh));
-                ctx = c;
-            }
-            let build = t.elapsed();
-            let t = Instant::now();
-            h.cancel();
-            let cancel = t.elapsed();
-            assert!(ctx.is_done());
-            let t = Instant::now();
-            drop(levels);
-            drop(ctx);
-            drop(root);
-            drop(h);
-            let dropped = t.elapsed();
-            [build, cancel, dropped].map(|d| ns(d) / n as f64)
-        }
+        "ctxtree" => w6_go_style!(Context::background(), n),
         "tokio-util" => {
             let root = CancellationToken::new();
             let mut levels = Vec::with_capacity(n);
@@ -186,29 +183,7 @@ fn w6_once(imp: &str, n: usize) -> [f64; 3] {
             let dropped = t.elapsed();
             [build, cancel, dropped].map(|d| ns(d) / n as f64)
         }
-        "mutex-port" => {
-            let (root, h) = mutex_port::Ctx::background().with_cancel();
-            let mut levels = Vec::with_capacity(n);
-            let t = Instant::now();
-            let mut ctx = root.clone();
-            for _ in 0..n {
-                let (c, hh) = ctx.with_cancel();
-                levels.push((ctx, hh));
-                ctx = c;
-            }
-            let build = t.elapsed();
-            let t = Instant::now();
-            h.cancel();
-            let cancel = t.elapsed();
-            assert!(ctx.is_done());
-            let t = Instant::now();
-            drop(levels);
-            drop(ctx);
-            drop(root);
-            drop(h);
-            let dropped = t.elapsed();
-            [build, cancel, dropped].map(|d| ns(d) / n as f64)
-        }
+        "mutex-port" => w6_go_style!(mutex_port::Ctx::background(), n),
         _ => unreachable!(),
     }
 }
