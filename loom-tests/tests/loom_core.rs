@@ -344,6 +344,30 @@ fn drop_child_racing_derive_sibling_keeps_the_list_intact() {
     });
 }
 
+/// Under loom the sweep threshold is 1: dropping the oldest child (not at
+/// the head) sweeps the list while the newest is unlinked at the head and
+/// freed at once. The head unlink must see the sweep's `SWEEPING` tag (or
+/// the sweep must start after it); a freed entry read by the sweep is a
+/// use-after-free loom reports as an access to a dropped object.
+#[test]
+fn sweep_racing_head_unlink_frees_each_entry_once() {
+    model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (old, ho) = parent.with_cancel();
+        let (mid, _hm) = parent.with_cancel();
+        let (new, hn) = parent.with_cancel();
+        let old = with_tracked(old, &drops);
+        let new = with_tracked(new, &drops);
+        let t = thread::spawn(move || drop((old, ho)));
+        drop((new, hn));
+        t.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        cancel.cancel();
+        assert!(mid.is_done());
+    });
+}
+
 #[test]
 fn nodes_freed_while_the_canceller_walks_the_list() {
     model(|| {

@@ -22,6 +22,11 @@
 //! an open list is at most `max(MIN_SWEEP, live entries at the last sweep / 2)`
 //! and removal is amortised O(1) (invariant 6). A sealed list is never swept:
 //! it cannot grow, and its owner unlinks whatever is left when it dies.
+//!
+//! One sweep at a time runs on an open list, announced by the `SWEEPING` tag
+//! on the head. The announcement lives in the head word itself so that the
+//! O(1) head unlink learns "no sweep can hold this entry" from the very
+//! compare-exchange that unlinks it, with no second atomic (invariant 5).
 
 use std::ptr::{self, NonNull};
 
@@ -33,15 +38,22 @@ const SEALED: usize = 0b01;
 /// Tag bit on a sealed list head: the walk that sealed it has finished, so
 /// the owner's whole subtree is done (invariant 9).
 const COMPLETE: usize = 0b10;
+/// Tag bit on an open list head: a sweep is traversing the list. Every write
+/// to the head keeps it except the sweep's own final one, and the O(1) head
+/// unlink is only attempted on a head with no tag at all (invariant 5).
+const SWEEPING: usize = 0b100;
 /// Tag bit on an entry's `next` pointer: the entry is logically deleted.
 const MARK: usize = 0b1;
-/// The smallest garbage count that triggers a sweep.
-pub(crate) const MIN_SWEEP: u32 = 64;
-/// `garbage` bits 0..24: marked entries not yet unlinked.
-const DEAD_MASK: u64 = (1 << 24) - 1;
-/// `garbage` bits 24..32: sweeps in progress (one unit each).
-const SWEEPER: u64 = 1 << 24;
-const SWEEPER_MASK: u64 = 0xff << 24;
+/// Tag bit on a marked entry's `next` pointer, set by the thread that
+/// unlinked the entry at the head while it was unreachable for everyone
+/// else: the list's claim was handed back to the entry's owner, who releases
+/// it together with its own (see `Link::set_claim_returned`).
+const RETURNED: usize = 0b10;
+/// The smallest garbage count that triggers a sweep. 1 under loom, so that
+/// the models, which have a handful of entries, exercise sweeps.
+pub(crate) const MIN_SWEEP: u32 = if cfg!(loom) { 1 } else { 64 };
+/// `garbage` low 32 bits: marked entries not yet unlinked.
+const DEAD_MASK: u64 = u32::MAX as u64;
 
 #[inline]
 fn untag(p: *mut Header) -> *mut Header {
@@ -57,7 +69,8 @@ impl Link {
     }
 
     /// Marks the entry deleted. Returns `true` for the one call that marked
-    /// it (invariant 4).
+    /// it (invariant 4). The pointer part never changes after this; only
+    /// the `RETURNED` tag may still be added, once the entry is unreachable.
     ///
     /// AcqRel: Release orders everything the remover did to the entry before
     /// the mark, so the thread that unlinks and frees it sees those writes;
@@ -88,6 +101,29 @@ impl Link {
     #[inline]
     fn load(&self) -> *mut Header {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// Records that the list's claim on this (marked, unlinked) entry was
+    /// handed back to the entry's owner instead of being released.
+    ///
+    /// Relaxed: the entry was unlinked at the head with no sweep running, so
+    /// no other thread reads this word any more except the entry's dying
+    /// thread, which is ordered after us by the reference count (we hold a
+    /// reference, released with Release after this store).
+    ///
+    /// # Safety
+    /// `remove_marked(.., keep_claim = true)` returned true for this entry.
+    pub(crate) unsafe fn set_claim_returned(&self) {
+        let next = self.0.load(Ordering::Relaxed);
+        self.0
+            .store(next.map_addr(|a| a | RETURNED), Ordering::Relaxed);
+    }
+
+    /// True if `set_claim_returned` was called: the entry's owner holds the
+    /// list's claim. Read by the entry's dying thread (ordered after the
+    /// store by the reference count, see above).
+    pub(crate) fn claim_returned(&self) -> bool {
+        self.0.load(Ordering::Relaxed).addr() & RETURNED != 0
     }
 }
 
@@ -138,13 +174,13 @@ impl ChildList {
             unsafe { entry.as_ref() }
                 .next
                 .0
-                .store(head, Ordering::Relaxed);
+                .store(untag(head), Ordering::Relaxed);
             // Release: publishes the entry's initialisation to walkers that
             // Acquire the head. This CAS is the linearisation point of a
-            // derive (invariant 3).
+            // derive (invariant 3). A running sweep's tag stays on the head.
             match self.head.compare_exchange_weak(
                 head,
-                entry.as_ptr(),
+                entry.as_ptr().map_addr(|a| a | (head.addr() & SWEEPING)),
                 Ordering::Release,
                 Ordering::Acquire,
             ) {
@@ -172,7 +208,7 @@ impl ChildList {
             }
             // An empty list is complete as soon as it is sealed: nothing
             // below it to walk (saves `mark_complete` on leaf nodes).
-            let bits = if head.is_null() {
+            let bits = if untag(head).is_null() {
                 SEALED | COMPLETE
             } else {
                 SEALED
@@ -183,7 +219,7 @@ impl ChildList {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Sealed(head),
+                Ok(_) => return Sealed(untag(head)),
                 Err(actual) => {
                     head = actual;
                     spin_hint();
@@ -227,19 +263,22 @@ impl ChildList {
     /// (invariant 6). Nothing is done on a sealed list: its owner drains it.
     ///
     /// The list's claim on an entry unlinked here at the head is released
-    /// at once when no sweep is running: only a sweep can hold a pointer to
-    /// an entry of an open list (walkers only walk sealed lists), and an
-    /// entry unlinked at the head is unreachable for any sweep that starts
-    /// later (invariant 5). The read-modify-write on `garbage` after the
-    /// unlink and the one a sweep makes before it loads the head are ordered
-    /// one way or the other, so one of the two sides sees the other.
+    /// at once (or handed back to the caller, see `keep_claim`): the unlink
+    /// is only attempted on a head word with no tag, so it is ordered with
+    /// every sweep's announcement on the same word. A sweep that announced
+    /// itself later starts from a head that no longer leads to the entry; one
+    /// that finished earlier cleared its tag with Release, which our Acquire
+    /// compare-exchange reads (through the head's release sequence, every
+    /// write to the head being a read-modify-write). Walkers only walk sealed
+    /// lists, and the owner's dying thread cannot run while the caller holds
+    /// the owner (invariant 5).
+    ///
+    /// With `keep_claim`, a clean unlink hands the list's claim back to the
+    /// caller (returns true) instead of releasing it.
     ///
     /// # Safety
     /// `entry` is in this list, marked, and the caller keeps the list's owner
     /// alive for the duration of the call.
-    ///
-    /// With `keep_claim`, a clean unlink hands the list's claim back to the
-    /// caller (returns true) instead of releasing it.
     pub(crate) unsafe fn remove_marked(
         &self,
         entry: NonNull<Header>,
@@ -250,30 +289,23 @@ impl ChildList {
         if head.addr() & SEALED != 0 {
             return false;
         }
-        if untag(head) == entry.as_ptr() {
-            // SAFETY: the caller keeps `entry` linked or pinned; it is marked,
-            // so its `next` is final (invariant 4).
+        if head == entry.as_ptr() {
+            // SAFETY: the caller keeps `entry` valid; it is marked, so its
+            // `next` is final (invariant 4).
             let next = untag(unsafe { entry.as_ref() }.next.load());
-            // AcqRel: Release publishes nothing new but keeps the chain of
-            // Acquire/Release edges for later walkers; Acquire on failure.
+            // AcqRel: Release keeps the chain of Acquire/Release edges for
+            // later walkers; Acquire reads a finished sweep's Release (see
+            // above). Fails if anything changed the head, tags included.
             if self
                 .head
                 .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                // AcqRel RMW: orders the unlink above against a sweep's
-                // announcement (see the doc comment).
-                let g = self.garbage.fetch_add(0, Ordering::AcqRel);
-                if g & SWEEPER_MASK == 0 {
-                    if keep_claim {
-                        return true;
-                    }
-                    // SAFETY: we unlinked it and no sweep can reach it.
-                    unsafe { super::release_claim(entry) };
-                } else {
-                    // SAFETY: we unlinked it; a running sweep may hold it.
-                    unsafe { super::release_claim_later(entry, guard.get()) };
+                if keep_claim {
+                    return true;
                 }
+                // SAFETY: we unlinked it and nobody else can reach it.
+                unsafe { super::release_claim(entry) };
                 return false;
             }
         }
@@ -283,55 +315,104 @@ impl ChildList {
         let dead = ((before & DEAD_MASK) as u32).wrapping_add(1);
         let threshold = ((before >> 32) as u32).max(MIN_SWEEP);
         if dead == threshold {
-            // SAFETY: forwarded from our caller.
-            let (unlinked, live) = unsafe { self.sweep(guard) };
             // Half the live entries: removals that happen at the head are
             // not counted, so a threshold of `live` could be missed forever
             // when every live entry goes away (e.g. a FIFO drop of a large
             // fan-out). With `live / 2` the dead entries left behind are at
             // most max(MIN_SWEEP, live at the last sweep / 2) and each sweep
             // is still paid for by as many removals as it costs (amortised
-            // O(1), invariant 6).
-            let next_threshold = (live / 2).max(MIN_SWEEP);
+            // O(1), invariant 6). If another sweep is running (or the list
+            // was sealed), `sweep` returns `None` and the next removal
+            // retries.
+            // SAFETY: forwarded from our caller.
+            let (unlinked, wanted) = unsafe { self.sweep(guard) }
+                .map_or((0, 0), |(unlinked, live)| {
+                    (unlinked, (live / 2).max(MIN_SWEEP))
+                });
             // Relaxed: see above. Keep the threshold above the count so the
             // equality test fires again (invariant 6).
             let _ = self
                 .garbage
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| {
                     let d = ((g & DEAD_MASK) as u32).saturating_sub(unlinked);
-                    let t = next_threshold.max(d.saturating_add(1));
-                    Some(u64::from(d) | (g & SWEEPER_MASK) | (u64::from(t) << 32))
+                    let t = wanted.max(d.saturating_add(1));
+                    Some(u64::from(d) | (u64::from(t) << 32))
                 });
         }
         false
     }
 
-    /// Unlinks every marked entry. Returns (entries unlinked, live entries
-    /// seen). Lock-free: a failed compare-exchange means another thread made
-    /// progress on the same list, and we restart from the head. The list's
-    /// claim on each entry unlinked here is released through the epoch:
-    /// other sweeps and walkers may still be looking at it (invariant 5).
+    /// Unlinks every marked entry of an open list, unless another sweep is
+    /// running or the list is sealed (`None`). Returns (entries unlinked,
+    /// live entries seen). The list's claim on each entry unlinked here is
+    /// released through the epoch: other walkers may still be looking at it
+    /// (invariant 5).
     ///
     /// # Safety
-    /// The caller keeps the owner alive (or is the owner's dying thread).
-    pub(crate) unsafe fn sweep(&self, guard: &mut LazyGuard) -> (u32, u32) {
-        if untag(self.head.load(Ordering::Acquire)).is_null() {
-            return (0, 0);
+    /// The caller keeps the owner alive.
+    unsafe fn sweep(&self, guard: &mut LazyGuard) -> Option<(u32, u32)> {
+        // Announce: set SWEEPING on a non-empty, open, unannounced head.
+        // Acquire: we see every entry pushed before; Release pairs with
+        // nothing in particular but keeps the head's release sequence.
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            if head.addr() & (SEALED | SWEEPING) != 0 || untag(head).is_null() {
+                return None;
+            }
+            match self.head.compare_exchange_weak(
+                head,
+                head.map_addr(|a| a | SWEEPING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => {
+                    head = actual;
+                    spin_hint();
+                }
+            }
         }
-        let guard = guard.get();
-        // AcqRel: announce the sweep before loading the head (see
-        // `remove_marked`).
-        self.garbage.fetch_add(SWEEPER, Ordering::AcqRel);
         // SAFETY: forwarded; pinned.
-        let result = unsafe { self.sweep_pinned(guard) };
-        // Release: our traversal happens before any free that sees the
-        // count back at zero.
-        self.garbage.fetch_sub(SWEEPER, Ordering::Release);
-        result
+        let result = unsafe { self.sweep_pinned(guard.get()) };
+        // Withdraw the announcement. Release: our traversal happens before
+        // any free by a head unlinker that reads this (or a later) value.
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            match self.head.compare_exchange_weak(
+                head,
+                head.map_addr(|a| a & !SWEEPING),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(result),
+                Err(actual) => {
+                    head = actual;
+                    spin_hint();
+                }
+            }
+        }
     }
 
+    /// Unlinks everything left in the list of a node that is dying. No
+    /// announcement: nobody else removes entries from this list any more
+    /// (every remover holds the owner, invariant 5); walkers of a sealed
+    /// list may still be pinned on its entries, hence the epoch.
+    ///
     /// # Safety
-    /// As for `sweep`, and pinned by `guard`.
+    /// The caller is the owner's dying thread.
+    pub(crate) unsafe fn drain(&self, guard: &mut LazyGuard) {
+        if untag(self.head.load(Ordering::Acquire)).is_null() {
+            return;
+        }
+        // SAFETY: forwarded; pinned.
+        unsafe { self.sweep_pinned(guard.get()) };
+    }
+
+    /// Lock-free: a failed compare-exchange means another thread made
+    /// progress on the same list, and we restart from the head.
+    ///
+    /// # Safety
+    /// As for `sweep` or `drain`, and pinned by `guard`.
     unsafe fn sweep_pinned(&self, guard: &Guard) -> (u32, u32) {
         let mut unlinked = 0u32;
         'restart: loop {
@@ -347,6 +428,9 @@ impl ChildList {
                 // before the guard is dropped (invariant 5).
                 let e = unsafe { entry.as_ref() };
                 let next = e.next.load();
+                // After the load: the read above must not have been of a
+                // freed entry (loom can schedule a free just before it).
+                e.assert_not_freed();
                 if next.addr() & MARK != 0 {
                     // Keep the predecessor's own tag (SEALED on the head).
                     let tags = curr.addr() & 0b111;
@@ -396,7 +480,10 @@ impl Sealed {
         let mut curr = self.0;
         while let Some(entry) = NonNull::new(untag(curr)) {
             // SAFETY: reached while pinned (invariant 5).
-            let next = unsafe { entry.as_ref() }.next.load();
+            let e = unsafe { entry.as_ref() };
+            let next = e.next.load();
+            // After the load, as in `sweep_pinned`.
+            e.assert_not_freed();
             if next.addr() & MARK == 0 {
                 f(entry);
             }

@@ -253,8 +253,13 @@ pub(crate) unsafe fn leave_forwarder(
 /// # Safety
 /// The caller holds a reference to `node`.
 pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
+    // A clean head unlink hands the list's claim back: the node releases it
+    // with its alive claim when it dies (one atomic operation fewer).
     // SAFETY: held by the caller.
-    unsafe { leave_parent(node.cast(), guard, false) };
+    if unsafe { leave_parent(node.cast(), guard, true) } {
+        // SAFETY: `leave_parent` returned true for this entry.
+        unsafe { node.as_ref().header.next.set_claim_returned() };
+    }
     // SAFETY: held by the caller.
     if unsafe { node.as_ref() }.header.kind == Kind::Merge {
         // SAFETY: kind checked.

@@ -83,6 +83,23 @@ pub(crate) struct Header {
     /// Nearest strict ancestor that is a value or merge node: value lookup
     /// skips every other layer (invariant 7).
     pub(crate) up_values: Option<NonNull<Header>>,
+    /// Under loom, nodes are not deallocated but flagged here, so that a
+    /// list traversal reaching a freed entry fails the model (loom itself
+    /// does not see use-after-free). A std atomic: no scheduling point.
+    #[cfg(loom)]
+    pub(crate) freed: std::sync::atomic::AtomicBool,
+}
+
+impl Header {
+    /// Fails the loom model if this node was already freed.
+    #[inline]
+    pub(crate) fn assert_not_freed(&self) {
+        #[cfg(loom)]
+        assert!(
+            !self.freed.load(std::sync::atomic::Ordering::SeqCst),
+            "use after free: a list traversal reached a freed entry"
+        );
+    }
 }
 
 /// A cancellable node (`with_cancel`); also the prefix of deadline and merge
@@ -157,6 +174,8 @@ impl Header {
             next: Link::new(),
             parent: None,
             up_values: None,
+            #[cfg(loom)]
+            freed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -390,18 +409,23 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             }
             // Everything left in our own list is now marked (every live
             // entry holds a reference to us): unlink it all.
-            // SAFETY: pinned; we are the owner's dying thread.
-            unsafe { c.children.sweep(guard) };
+            // SAFETY: we are the owner's dying thread.
+            unsafe { c.children.drain(guard) };
             if let Some(w) = waiters {
                 // SAFETY: the owner's claim on its waiter entry.
                 unsafe { release_claim(w.cast()) };
             }
-            // The alive claim, and the list's when `leave_parent` handed it
-            // back to us. A traverser that can still see us keeps the list's
-            // claim, or its release was deferred behind it (invariant 5).
-            let ours = if list_claim_free { 2 } else { 1 };
+            // The alive claim, and the list's when it was handed back to us
+            // (by `leave_parent` now, or by the detach after a cancel). A
+            // traverser that can still see us keeps the list's claim, or its
+            // release was deferred behind it (invariant 5).
+            let ours = if list_claim_free || header.next.claim_returned() {
+                2
+            } else {
+                1
+            };
             // SAFETY: we own `ours` claims on `h` (see above).
-            unsafe { release_claims(h, ours) };
+            unsafe { release_own_claims(h, ours) };
             [parent, other]
         }
         Kind::Forward | Kind::Callback | Kind::Waiters => {
@@ -465,6 +489,30 @@ pub(crate) unsafe fn release_claims(h: NonNull<Header>, n: u16) {
     if unsafe { h.as_ref() }.claims.fetch_sub(n, Ordering::AcqRel) == n {
         // SAFETY: no claim is left: nobody can reach the node.
         unsafe { free(h) };
+    }
+}
+
+/// Releases the claims of a dying node's own thread, `n` of them: when
+/// they are the only ones left, frees the node without a read-modify-write.
+///
+/// # Safety
+/// As for [`release_claims`].
+unsafe fn release_own_claims(h: NonNull<Header>, n: u16) {
+    // Acquire: if this reads `n`, every other claim is gone. Claims are
+    // never added once a node is published, so the count only falls and
+    // cannot fall below the `n` we hold: reading `n` (even a value that is
+    // not the latest) means it is `n` for good. Each other claim was
+    // dropped by an AcqRel read-modify-write, so reading the value the last
+    // of them wrote synchronises with all of them (a release sequence) and
+    // their accesses happen before the free.
+    // SAFETY: we hold claims, so the memory is valid.
+    if unsafe { h.as_ref() }.claims.load(Ordering::Acquire) == n {
+        count_claims(-isize::from(n as i16));
+        // SAFETY: no claim is left but ours: nobody can reach the node.
+        unsafe { free(h) };
+    } else {
+        // SAFETY: forwarded.
+        unsafe { release_claims(h, n) };
     }
 }
 
@@ -557,28 +605,54 @@ pub(crate) unsafe fn free_with_claims(h: NonNull<Header>) {
 /// Nobody can reach `h` any more, and `h` came from [`alloc`] of the type
 /// its kind names.
 unsafe fn free(h: NonNull<Header>) {
+    #[cfg(loom)]
+    {
+        // SAFETY: valid until now (under loom the memory is never given
+        // back, see `dispose`).
+        let header = unsafe { h.as_ref() };
+        header.assert_not_freed();
+        header
+            .freed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     // SAFETY: per the contract, the kind names the allocation's type.
     unsafe {
         match h.as_ref().kind {
-            Kind::Cancel => drop(Box::from_raw(h.cast::<CancelNode>().as_ptr())),
-            Kind::Deadline => drop(Box::from_raw(h.cast::<DeadlineNode>().as_ptr())),
-            Kind::Merge => drop(Box::from_raw(h.cast::<MergeNode>().as_ptr())),
-            Kind::Value => drop(Box::from_raw(h.cast::<ValueNode>().as_ptr())),
-            Kind::Detached => drop(Box::from_raw(h.as_ptr())),
+            Kind::Cancel => dispose::<CancelNode>(h),
+            Kind::Deadline => dispose::<DeadlineNode>(h),
+            Kind::Merge => dispose::<MergeNode>(h),
+            Kind::Value => dispose::<ValueNode>(h),
+            Kind::Detached => dispose::<Header>(h),
             Kind::Forward => {
-                let f = Box::from_raw(h.cast::<ForwardNode>().as_ptr());
-                let target = f.target;
-                drop(f);
+                let target = h.cast::<ForwardNode>().as_ref().target;
+                dispose::<ForwardNode>(h);
                 // The forwarder's claim on its merge node (uncounted, see
                 // `derive::merge`): a walker that reached the merge through
                 // the forwarder relied on it, and nobody can reach the
                 // forwarder any more (invariant 5).
                 drop_claim(target.cast());
             }
-            Kind::Callback => drop(Box::from_raw(h.cast::<callback::CallbackNode>().as_ptr())),
-            Kind::Waiters => drop(Box::from_raw(h.cast::<wait::WaitersNode>().as_ptr())),
+            Kind::Callback => dispose::<callback::CallbackNode>(h),
+            Kind::Waiters => dispose::<wait::WaitersNode>(h),
         }
     }
+}
+
+/// Drops a node of type `T` and gives its memory back. Under loom the
+/// memory is kept (leaked) so that `Header::freed` stays readable and a
+/// late traverser fails the model instead of reading freed memory unseen.
+///
+/// # Safety
+/// As for [`free`]; `T` is the node's type.
+unsafe fn dispose<T>(h: NonNull<Header>) {
+    #[cfg(not(loom))]
+    // SAFETY: allocated by `alloc::<T>` (the caller's contract), last use.
+    drop(unsafe { Box::from_raw(h.cast::<T>().as_ptr()) });
+    #[cfg(loom)]
+    // SAFETY: as above; the allocation itself is leaked on purpose.
+    unsafe {
+        std::ptr::drop_in_place(h.cast::<T>().as_ptr())
+    };
 }
 
 /// Used by compile-time size checks in tests.
