@@ -92,6 +92,16 @@ impl Panics {
 /// # Safety
 /// The caller holds a reference to `root`.
 unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
+    // A plain cancel node with nothing in its list (the common leaf
+    // cancel): seal it, leave the parent's list, done. No timer to disarm,
+    // no second list to leave, nothing to wake or call.
+    // SAFETY: the caller holds `root`.
+    let r = unsafe { root.as_ref() };
+    if r.header.kind == Kind::Cancel && r.children.seal_if_empty() {
+        // SAFETY: held by the caller.
+        unsafe { derive::detach(root, &mut LazyGuard::new()) };
+        return;
+    }
     let mut panics = Panics::default();
     let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
     {

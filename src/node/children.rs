@@ -228,6 +228,26 @@ impl ChildList {
         }
     }
 
+    /// The leaf case of `seal`: if the list is empty, seals it (an empty
+    /// sealed list is complete at once) and returns true; returns true too
+    /// if it is already sealed, empty and complete. False otherwise (the
+    /// caller then takes the general path).
+    ///
+    /// AcqRel as in `seal`: Release so a pusher that sees SEALED sees the
+    /// state word stored before; Acquire on failure to read a new entry.
+    pub(crate) fn seal_if_empty(&self) -> bool {
+        const DONE: usize = SEALED | COMPLETE;
+        match self.head.compare_exchange(
+            ptr::null_mut(),
+            ptr::without_provenance_mut(DONE),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(actual) => actual.addr() == DONE,
+        }
+    }
+
     /// Records that the walk of the owner's subtree has finished.
     ///
     /// Release: whoever sees COMPLETE (Acquire in `is_complete`) also sees

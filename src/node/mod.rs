@@ -312,36 +312,57 @@ impl Drop for NodeRef {
 }
 
 /// Releases one observer reference; when it was the last, the node dies,
-/// and so on up the chain. Iterative: a chain of any length is released in
-/// constant stack space.
+/// and so on up the chain (see [`release_last`]).
 ///
 /// # Safety
 /// The caller owns one counted reference to `h`.
+#[inline]
 pub(crate) unsafe fn release(h: NonNull<Header>) {
-    let mut next = Some(h);
+    // SAFETY: forwarded.
+    if unsafe { drop_ref(h) } {
+        // SAFETY: we took the count to zero.
+        unsafe { release_last(h) };
+    }
+}
+
+/// Drops one reference; true if it was the last.
+///
+/// # Safety
+/// The caller owns one counted reference to `h`.
+#[inline]
+unsafe fn drop_ref(h: NonNull<Header>) -> bool {
+    // Release: our uses of the node happen before its death. The thread
+    // that sees zero acquires in `release_last`.
+    // SAFETY: we own a reference, so the node is alive.
+    unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) == 1
+}
+
+/// The last reference to `h` is gone: `h` dies, then the parents it held
+/// are released, and so on. Iterative: a chain of any length is released in
+/// constant stack space.
+///
+/// # Safety
+/// `refs` of `h` just reached zero on this thread.
+#[inline(never)]
+unsafe fn release_last(h: NonNull<Header>) {
+    let mut guard = LazyGuard::new();
     // Only merges release two parents; the stack stays empty otherwise.
     let mut pending: Vec<NonNull<Header>> = Vec::new();
-    let mut guard = LazyGuard::new();
+    let mut next = Some(h);
     while let Some(h) = next.take().or_else(|| pending.pop()) {
-        // Release: our uses of the node happen before its death. Acquire
-        // (the load below) for the thread that sees zero.
-        // SAFETY: we own a reference, so the node is alive.
-        if unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) != 1 {
-            continue;
-        }
         // Acquire load rather than an Acquire fence (as `Arc` does under
         // ThreadSanitizer, which does not model fences): it reads our own
         // decrement, which continues the release sequences of every earlier
         // decrement, so the dying thread sees every use of the node.
         // SAFETY: still alive: we are its last user.
         let _ = unsafe { h.as_ref() }.refs.load(Ordering::Acquire);
-        // SAFETY: refs reached zero: we are the node's only user and it dies
-        // exactly once (invariant 8).
+        // SAFETY: refs reached zero: we are the node's only user and it
+        // dies exactly once (invariant 8).
         let [first, second] = unsafe { die(h, &mut guard) };
-        next = first;
-        if let Some(second) = second {
-            pending.push(second);
-        }
+        // SAFETY: the dead node held one reference to each parent.
+        next = first.filter(|&p| unsafe { drop_ref(p) });
+        // SAFETY: as above.
+        pending.extend(second.filter(|&p| unsafe { drop_ref(p) }));
     }
 }
 
