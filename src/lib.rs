@@ -125,13 +125,15 @@ pub mod __private {
     }
 
     /// Pins and flushes the epoch collector a few times so deferred frees
-    /// run (for leak checks).
+    /// run (for leak checks), then empties this thread's node block cache.
     pub fn flush_epoch() {
         // Each flush can advance the epoch by one step and collects a few
         // bags; enough rounds empty the queue when no other thread is pinned.
         for _ in 0..8 {
             crate::sync::pin().flush();
         }
+        // And the blocks this thread keeps for reuse (`node::cache`).
+        crate::node::cache::flush();
     }
 
     /// Node memory claims not yet released (or handed to the epoch for

@@ -39,12 +39,12 @@ pub(crate) fn register(
     scope: Option<NonNull<CancelNode>>,
     f: Callback,
 ) -> Option<NonNull<CallbackNode>> {
-    let node = Box::new(CallbackNode {
+    let node = CallbackNode {
         header: Header::new(Kind::Callback, 0, 1, 0),
         state: AtomicU8::new(PENDING),
         owner: None,
         f: UnsafeCell::new(Some(f)),
-    });
+    };
     let node = super::alloc(node);
     let Some(scope) = scope else {
         // Never done: nothing to link; `stop()` still answers true once.

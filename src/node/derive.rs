@@ -93,7 +93,7 @@ fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
 /// `with_cancel`.
 pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
     let header = child_header(parent, Kind::Cancel, 2);
-    let node = Box::new(CancelNode::new(header, inherited(parent)));
+    let node = CancelNode::new(header, inherited(parent));
     let node = super::alloc(node);
     // SAFETY: fresh and unpublished; the scope is held by `parent`.
     unsafe { link(node, parent.scope) };
@@ -113,12 +113,12 @@ pub(crate) fn with_deadline(
     if expired {
         initial = Snapshot::new_owned(crate::Error::DeadlineExceeded, cause.clone());
     }
-    let node = Box::new(DeadlineNode {
+    let node = DeadlineNode {
         cancel: CancelNode::new(header, initial),
         deadline,
         timer: crate::sync::AtomicU64::new(timer_glue::NONE),
         cause: UnsafeCell::new(cause),
-    });
+    };
     let node = super::alloc(node);
     // SAFETY: fresh and unpublished; the scope is held by `parent`.
     if unsafe { link(node.cast(), parent.scope) } {
@@ -130,13 +130,13 @@ pub(crate) fn with_deadline(
 
 /// `with_value`.
 pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Context {
-    let node = Box::new(ValueNode {
+    let node = ValueNode {
         header: child_header(parent, Kind::Value, 1),
         scope: parent.scope,
         type_id: TypeId::of::<T>(),
         type_name: std::any::type_name::<T>(),
         value: Box::new(value),
-    });
+    };
     let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
     Context::from_node(unsafe { NodeRef::from_raw(node.cast()) }, parent.todo)
@@ -144,7 +144,7 @@ pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Co
 
 /// `without_cancel`.
 pub(crate) fn without_cancel(parent: &Context) -> Context {
-    let node = Box::new(child_header(parent, Kind::Detached, 1));
+    let node = child_header(parent, Kind::Detached, 1);
     let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
     Context::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
@@ -162,21 +162,21 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
     }
     let (sa, sb) = (a.scope, b.scope);
     let header = child_header(a, Kind::Merge, 2);
-    let node = Box::new(MergeNode {
+    let node = MergeNode {
         cancel: CancelNode::new(header, initial),
         other: ManuallyDrop::new(b.clone()),
         forwarder: None,
         deadline,
-    });
+    };
     let node = super::alloc(node);
     let needs_forwarder = !initial.is_done() && sb.is_some() && sb != sa;
     if needs_forwarder {
         let mut fh = Header::new(Kind::Forward, 0, 2, FLAG_LINKED);
         fh.parent = None;
-        let f = Box::new(ForwardNode {
+        let f = ForwardNode {
             header: fh,
             target: node.cast(),
-        });
+        };
         // SAFETY: unpublished.
         unsafe { (*node.as_ptr()).forwarder = Some(super::alloc(f)) };
         // The forwarder holds a claim on the merge node's memory: a walker

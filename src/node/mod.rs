@@ -17,6 +17,7 @@
 //!
 //! The numbered invariants are listed in `docs/DESIGN.md`.
 
+pub(crate) mod cache;
 pub(crate) mod callback;
 pub(crate) mod cancel;
 pub(crate) mod children;
@@ -588,8 +589,16 @@ fn count_claims(delta: isize) {
 }
 
 /// Allocates a node (every node kind goes through here and [`free`]).
-pub(crate) fn alloc<T>(node: Box<T>) -> NonNull<T> {
-    let node = NonNull::from(Box::leak(node));
+/// 64-byte nodes come from the thread's block cache (`cache`).
+pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
+    let node = if cache::serves::<T>() {
+        let block = cache::alloc().cast::<T>();
+        // SAFETY: a fresh block with `T`'s size and alignment, ours alone.
+        unsafe { block.as_ptr().write(node) };
+        block
+    } else {
+        NonNull::from(Box::leak(Box::new(node)))
+    };
     // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
     let claims = unsafe { node.cast::<Header>().as_ref() }
         .claims
@@ -667,8 +676,19 @@ unsafe fn free(h: NonNull<Header>) {
 /// As for [`free`]; `T` is the node's type.
 unsafe fn dispose<T>(h: NonNull<Header>) {
     #[cfg(not(loom))]
-    // SAFETY: allocated by `alloc::<T>` (the caller's contract), last use.
-    drop(unsafe { Box::from_raw(h.cast::<T>().as_ptr()) });
+    if cache::serves::<T>() {
+        // SAFETY: allocated by `alloc::<T>` from the block cache (the
+        // caller's contract); last use, so drop the node and return the
+        // block.
+        unsafe {
+            std::ptr::drop_in_place(h.cast::<T>().as_ptr());
+            cache::free(h.cast());
+        }
+    } else {
+        // SAFETY: allocated by `alloc::<T>` as a `Box` (the caller's
+        // contract), last use.
+        drop(unsafe { Box::from_raw(h.cast::<T>().as_ptr()) });
+    }
     #[cfg(loom)]
     // SAFETY: as above; the allocation itself is leaked on purpose.
     unsafe {

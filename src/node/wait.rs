@@ -87,10 +87,10 @@ fn event_of(scope: &CancelNode) -> &Event {
 
 #[cold]
 fn event_slow(scope: &CancelNode) -> &Event {
-    let fresh = super::alloc(Box::new(WaitersNode {
+    let fresh = super::alloc(WaitersNode {
         header: Header::new(Kind::Waiters, 0, 2, FLAG_LINKED),
         event: Event::new(),
-    }));
+    });
     // AcqRel: Release publishes the entry; Acquire reads a winner's.
     match scope.waiters.compare_exchange(
         ptr::null_mut(),
