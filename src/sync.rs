@@ -16,6 +16,21 @@ pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, Atom
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// The store-buffering handshake of a list push and a cancel: one thread
+/// does a SeqCst read-modify-write of word X then a SeqCst load of word Y,
+/// the other the same with X and Y swapped; at least one load sees the
+/// other thread's write. Outside loom, the SeqCst operations alone give
+/// this (all SeqCst operations are in one total order), at no cost on x86
+/// where a SeqCst load is a plain load. Loom does not model SeqCst accesses,
+/// only SeqCst fences, so under loom this is a SeqCst fence placed between
+/// the two operations, the equivalent fence-based form of the same
+/// handshake, and the models check the algorithm against it.
+#[inline(always)]
+pub(crate) fn sc_handshake() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
 /// std's `Arc`, for user-facing values that loom need not model (task
 /// wakers; causes use `std::sync::Arc` through the public `Cause` type).
 pub(crate) use std::sync::Arc as UserArc;

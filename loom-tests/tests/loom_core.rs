@@ -368,6 +368,22 @@ fn sweep_racing_head_unlink_frees_each_entry_once() {
     });
 }
 
+/// The merge's forwarder is pushed into b's list while b is cancelled:
+/// either b's walk sees it or the merge sees b done after the push (the
+/// push/cancel handshake); never neither.
+#[test]
+fn merge_created_racing_cancel_of_b_ends_with_bs_outcome() {
+    model(|| {
+        let (a, _cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let t = thread::spawn(move || cancel_b.cancel_with_cause("b"));
+        let (m, _h) = a.merge(&b);
+        t.join().unwrap();
+        assert!(m.is_done());
+        assert_eq!(cause_str(&m), "b");
+    });
+}
+
 #[test]
 fn nodes_freed_while_the_canceller_walks_the_list() {
     model(|| {

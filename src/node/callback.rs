@@ -9,6 +9,7 @@
 //!
 //! Claims: one for the `AfterFunc` handle, one for the owner's list.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use super::{release_claim, CancelNode, Header, Kind, NodeRef, FLAG_LINKED};
@@ -62,6 +63,25 @@ pub(crate) fn register(
         }
         // SAFETY: valid and unpublished, claims include the list's.
         if unsafe { s.children.push(node.cast()) }.is_ok() {
+            // The push/cancel handshake (see `ChildList::push`): the scope
+            // may be done with its list left open, and then no walker may
+            // ever see this entry. Race for it like a walker would.
+            // SAFETY: linked: its claims keep it valid; the handle's claim
+            // is ours.
+            if s.state.load_after_push().is_done() && claim_for_run(unsafe { node.as_ref() }) {
+                let mut panic = None;
+                // SAFETY: we won the run claim.
+                unsafe {
+                    run_claimed(node, &mut |f| {
+                        if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
+                            panic = Some(p);
+                        }
+                    })
+                };
+                if let Some(p) = panic {
+                    resume_unwind(p);
+                }
+            }
             return Some(node);
         }
         // Sealed: the scope is done. Undo (still unpublished).
@@ -112,9 +132,10 @@ pub(crate) unsafe fn run_claimed(cb: NonNull<CallbackNode>, run: &mut dyn FnMut(
     }
     // Release: pairs with `stop()`'s Acquire failure path.
     c.state.store(RAN, Ordering::Release);
-    // The owner is done, so its list is sealed: marking is enough, the owner
-    // unlinks the entry when it dies.
-    c.header.next.mark();
+    // The owner is done. Its list is sealed (`remove_marked` does nothing:
+    // the owner unlinks the entry when it dies), unless it was empty when
+    // walked and this entry came later (see `ChildList::push`).
+    leave_owner(c);
     if let Some(owner) = c.owner {
         // SAFETY: the reference the pending entry held.
         drop(unsafe { NodeRef::from_raw(owner.cast()) });
@@ -134,17 +155,7 @@ pub(crate) fn stop(cb: &CallbackNode) -> bool {
     // SAFETY: winning the state race gives exclusive access to `f`.
     drop(cb.f.with_mut(|f| unsafe { (*f).take() }));
     if let Some(owner) = cb.owner {
-        if cb.header.next.mark() {
-            let mut guard = LazyGuard::new();
-            // SAFETY: the pending entry still holds the owner, so the list
-            // is alive; the entry is linked there and now marked.
-            unsafe {
-                owner
-                    .as_ref()
-                    .children
-                    .remove_marked(NonNull::from(&cb.header), &mut guard, false)
-            };
-        }
+        leave_owner(cb);
         // SAFETY: the reference the pending entry held.
         drop(unsafe { NodeRef::from_raw(owner.cast()) });
     }
@@ -168,4 +179,22 @@ pub(crate) unsafe fn release_handle(cb: NonNull<CallbackNode>) {
     // SAFETY: the handle's claim; a traverser relies on the list's claim,
     // not on this one (invariant 5).
     unsafe { release_claim(cb.cast()) };
+}
+
+/// Marks the entry and takes it out of its owner's list (if linked).
+fn leave_owner(c: &CallbackNode) {
+    if let Some(owner) = c.owner {
+        if c.header.next.mark() {
+            // SAFETY: the pending entry (whose reference the caller has not
+            // released yet) holds the owner, so the list is alive; the entry
+            // is linked there and now marked.
+            unsafe {
+                owner.as_ref().children.remove_marked(
+                    NonNull::from(&c.header),
+                    &mut LazyGuard::new(),
+                    false,
+                )
+            };
+        }
+    }
 }

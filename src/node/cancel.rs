@@ -93,11 +93,12 @@ impl Panics {
 /// The caller holds a reference to `root`.
 unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     // A plain cancel node with nothing in its list (the common leaf
-    // cancel): seal it, leave the parent's list, done. No timer to disarm,
-    // no second list to leave, nothing to wake or call.
+    // cancel): leave the parent's list, done. No timer to disarm, no second
+    // list to leave, nothing to wake or call, and no seal (a later pusher
+    // sees the state done, see `ChildList::push`).
     // SAFETY: the caller holds `root`.
     let r = unsafe { root.as_ref() };
-    if r.header.kind == Kind::Cancel && r.children.seal_if_empty() {
+    if r.header.kind == Kind::Cancel && r.children.is_empty_after_finish() {
         // SAFETY: held by the caller.
         unsafe { derive::detach(root, &mut LazyGuard::new()) };
         return;
@@ -121,8 +122,12 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                 // SAFETY: kind checked.
                 timer_glue::disarm(unsafe { node.cast::<DeadlineNode>().as_ref() });
             }
-            if c.children.is_complete() {
-                // Its own finished walk covered the whole subtree.
+            // Made done (by us or by whoever we help) with a SeqCst
+            // compare-exchange: an empty list needs no seal (see
+            // `ChildList::push`).
+            if c.children.is_empty_after_finish() || c.children.is_complete() {
+                // Nothing below it, or its own finished walk covered the
+                // whole subtree.
                 continue;
             }
             let child_word = word.borrowed();

@@ -31,7 +31,7 @@
 use std::ptr::{self, NonNull};
 
 use super::Header;
-use crate::sync::{spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
+use crate::sync::{sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
 const SEALED: usize = 0b01;
@@ -158,6 +158,13 @@ impl ChildList {
     /// Pushes `entry`. `Err(())` if the list is sealed: the owner is done,
     /// and its state word is visible to the caller.
     ///
+    /// `Ok(())` does not mean the owner is live: a walker that found the
+    /// list empty does not seal it (see `is_empty_after_finish`). The
+    /// caller completes the handshake with `StateWord::load_after_push`, and finishes the entry itself if the
+    /// owner turns out to be done: either the walker's SeqCst load of the
+    /// head sees our push, or our SeqCst load of the state sees its cancel
+    /// (invariant 3).
+    ///
     /// # Safety
     /// `entry` is a valid, unpublished entry whose claims include one for
     /// this list.
@@ -169,19 +176,20 @@ impl ChildList {
             if head.addr() & SEALED != 0 {
                 return Err(());
             }
-            // Relaxed: published by the Release compare-exchange below.
+            // Relaxed: published by the compare-exchange below.
             // SAFETY: the caller owns the unpublished entry.
             unsafe { entry.as_ref() }
                 .next
                 .0
                 .store(untag(head), Ordering::Relaxed);
-            // Release: publishes the entry's initialisation to walkers that
-            // Acquire the head. This CAS is the linearisation point of a
-            // derive (invariant 3). A running sweep's tag stays on the head.
+            // SeqCst: Release publishes the entry's initialisation to
+            // walkers that Acquire the head; SeqCst for the handshake above.
+            // This CAS is the linearisation point of a derive (invariant
+            // 3). A running sweep's tag stays on the head.
             match self.head.compare_exchange_weak(
                 head,
                 entry.as_ptr().map_addr(|a| a | (head.addr() & SWEEPING)),
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(()),
@@ -191,6 +199,18 @@ impl ChildList {
                 }
             }
         }
+    }
+
+    /// The walker's half of the push/cancel handshake, after the owner's
+    /// state was made done by a SeqCst compare-exchange (`try_finish`) and
+    /// `sc_handshake`: true if the list has no entry. Such a list is left
+    /// unsealed: a pusher that our SeqCst load does not see will see the
+    /// owner done and finish its entry itself (see `push`). Saves the seal's
+    /// read-modify-write on every leaf.
+    #[inline]
+    pub(crate) fn is_empty_after_finish(&self) -> bool {
+        sc_handshake();
+        untag(self.head.load(Ordering::SeqCst)).is_null()
     }
 
     /// Closes the list to new entries and returns it for walking.
@@ -228,36 +248,18 @@ impl ChildList {
         }
     }
 
-    /// The leaf case of `seal`: if the list is empty, seals it (an empty
-    /// sealed list is complete at once) and returns true; returns true too
-    /// if it is already sealed, empty and complete. False otherwise (the
-    /// caller then takes the general path).
-    ///
-    /// AcqRel as in `seal`: Release so a pusher that sees SEALED sees the
-    /// state word stored before; Acquire on failure to read a new entry.
-    pub(crate) fn seal_if_empty(&self) -> bool {
-        const DONE: usize = SEALED | COMPLETE;
-        match self.head.compare_exchange(
-            ptr::null_mut(),
-            ptr::without_provenance_mut(DONE),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(actual) => actual.addr() == DONE,
-        }
-    }
-
     /// Records that the walk of the owner's subtree has finished.
     ///
     /// Release: whoever sees COMPLETE (Acquire in `is_complete`) also sees
     /// every state word the walk published.
     pub(crate) fn mark_complete(&self) {
         let mut head = self.head.load(Ordering::Relaxed);
-        while head.addr() & COMPLETE == 0 {
+        // An open list was empty when walked and stays open (see
+        // `is_empty_after_finish`): nothing to record.
+        while head.addr() & (SEALED | COMPLETE) == SEALED {
             match self.head.compare_exchange_weak(
                 head,
-                head.map_addr(|a| a | SEALED | COMPLETE),
+                head.map_addr(|a| a | COMPLETE),
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {

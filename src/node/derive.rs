@@ -38,15 +38,27 @@ fn inherited(parent: &Context) -> Snapshot {
     }
 }
 
+/// What [`link`] did with a new cancellable node.
+enum Linked {
+    /// Linked under a live scope (or there is no scope: never done).
+    Live,
+    /// Done on creation (born done, or the scope's list was sealed); never
+    /// published.
+    Done,
+    /// Linked, but the scope turned out to be done (the push/cancel
+    /// handshake, see `ChildList::push`): the caller must finish the node
+    /// with this borrowed outcome once it is fully set up.
+    Late(Snapshot),
+}
+
 /// Links a freshly allocated, unpublished cancellable node under its
 /// parent's scope. If the scope is sealed (done), the node becomes done on
-/// creation with the scope's outcome instead (invariant 3). Returns whether
-/// the node is live.
+/// creation with the scope's outcome instead (invariant 3).
 ///
 /// # Safety
 /// `node` is unpublished and owned by the caller; `scope` is its parent's
 /// scope, kept alive by the parent reference in the node.
-unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) -> bool {
+unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) -> Linked {
     // Each access below reborrows from the raw pointer for just that
     // statement: no `&mut` may live across `push`, which reads the entry
     // through the same pointer.
@@ -54,10 +66,10 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
     // publishes it only on success, after which we no longer write.
     unsafe {
         if (*node.as_ptr()).state.load().is_done() {
-            return false;
+            return Linked::Done;
         }
         let Some(scope) = scope else {
-            return true;
+            return Linked::Live;
         };
         (*node.as_ptr()).header.flags |= FLAG_LINKED;
         // One more claim, the list's.
@@ -66,7 +78,12 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         // The scope is alive (held by the parent reference in the node).
         let scope = scope.as_ref();
         if scope.children.push(node.cast()).is_ok() {
-            return true;
+            let now = scope.state.load_after_push();
+            return if now.is_done() {
+                Linked::Late(now.borrowed())
+            } else {
+                Linked::Live
+            };
         }
         // Sealed: still unpublished, so plain rewrites are fine.
         let n = &mut *node.as_ptr();
@@ -74,7 +91,19 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         super::set_claims(&n.header, claims);
         n.state = super::state::StateWord::new(scope.state.load().borrowed());
         n.children = ChildList::new_sealed();
-        false
+        Linked::Done
+    }
+}
+
+/// Finishes a node that `link` found `Late`.
+///
+/// # Safety
+/// The caller holds the node's references; its parent keeps the owner of
+/// the outcome's record alive.
+unsafe fn finish_late(node: NonNull<CancelNode>, linked: &Linked) {
+    if let Linked::Late(word) = *linked {
+        // SAFETY: forwarded.
+        unsafe { cancel::finish_with(node, word) };
     }
 }
 
@@ -95,8 +124,9 @@ pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
     let header = child_header(parent, Kind::Cancel, 2);
     let node = CancelNode::new(header, inherited(parent));
     let node = super::alloc(node);
-    // SAFETY: fresh and unpublished; the scope is held by `parent`.
-    unsafe { link(node, parent.scope) };
+    // SAFETY: fresh and unpublished; the scope is held by `parent`. The
+    // node's references are ours until `pair`.
+    unsafe { finish_late(node, &link(node, parent.scope)) };
     pair(node, parent)
 }
 
@@ -121,9 +151,12 @@ pub(crate) fn with_deadline(
     };
     let node = super::alloc(node);
     // SAFETY: fresh and unpublished; the scope is held by `parent`.
-    if unsafe { link(node.cast(), parent.scope) } {
+    match unsafe { link(node.cast(), parent.scope) } {
         // SAFETY: we hold the node's references until `pair` below.
-        timer_glue::arm(unsafe { node.as_ref() });
+        Linked::Live => timer_glue::arm(unsafe { node.as_ref() }),
+        Linked::Done => {}
+        // SAFETY: as above; `parent` keeps the record's owner alive.
+        late => unsafe { finish_late(node.cast(), &late) },
     }
     pair(node.cast(), parent)
 }
@@ -189,15 +222,16 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
         claims.store(claims.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
     // SAFETY: fresh and unpublished; `a` holds its scope.
-    let live = unsafe { link(node.cast(), sa) };
+    let linked = unsafe { link(node.cast(), sa) };
     // SAFETY: the node is ours until `pair`.
     let m = unsafe { node.as_ref() };
     if let Some(f) = m.forwarder {
         let Some(sb) = sb else {
             unreachable!("a forwarder needs b's scope")
         };
-        if !live {
-            // Done on creation through `a`: the forwarder is never linked.
+        if !matches!(linked, Linked::Live) {
+            // Done through `a` (on creation, or found done after the
+            // push): the forwarder is never linked.
             // SAFETY: unpublished; we give up its list claim ourselves.
             unsafe { f.as_ref() }.header.next.mark();
             // SAFETY: the list's claim, never used.
@@ -216,9 +250,20 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
                 // SAFETY: we hold the node's references; `b` keeps the
                 // record's owner alive.
                 unsafe { cancel::finish_with(node.cast(), word) };
+            } else {
+                // The push/cancel handshake (see `ChildList::push`): `b`
+                // may be done with its list left open.
+                let word = scope.state.load_after_push();
+                if word.is_done() {
+                    // SAFETY: as above. The walk detaches the forwarder.
+                    unsafe { cancel::finish_with(node.cast(), word.borrowed()) };
+                }
             }
         }
     }
+    // SAFETY: the node's references are ours; `a` keeps the record's owner
+    // alive.
+    unsafe { finish_late(node.cast(), &linked) };
     pair(node.cast(), a)
 }
 

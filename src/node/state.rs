@@ -145,16 +145,27 @@ impl StateWord {
         Snapshot(self.0.load(Ordering::Acquire))
     }
 
+    /// SeqCst load: the pusher's half of the push/cancel handshake (see
+    /// `ChildList::push`), right after its SeqCst push.
+    #[inline]
+    pub(crate) fn load_after_push(&self) -> Snapshot {
+        crate::sync::sc_handshake();
+        Snapshot(self.0.load(Ordering::SeqCst))
+    }
+
     /// The one transition: live → `done`. Returns the word now in force:
     /// `Ok(done)` if this call made it, `Err(current)` if the node was
     /// already done (the first cancellation wins, invariant 1).
     ///
-    /// AcqRel: Release publishes the record; Acquire lets the loser read
-    /// the winner's record.
+    /// SeqCst (success and failure): Release publishes the record; Acquire
+    /// lets the loser read the winner's record; SeqCst because it is the
+    /// canceller's half of the push/cancel handshake (see
+    /// `ChildList::push`): a walker that then finds the node's list empty
+    /// need not seal it.
     pub(crate) fn try_finish(&self, done: Snapshot) -> Result<Snapshot, Snapshot> {
         match self
             .0
-            .compare_exchange(ptr::null_mut(), done.0, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(ptr::null_mut(), done.0, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => Ok(done),
             Err(current) => Err(Snapshot(current)),

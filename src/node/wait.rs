@@ -106,15 +106,22 @@ fn event_slow(scope: &CancelNode) -> &Event {
         }
         Ok(_) => {
             let entry = fresh.cast::<Header>();
+            // SAFETY: valid as above.
+            let w = unsafe { fresh.as_ref() };
             // SAFETY: valid; claims include the list's.
-            if unsafe { scope.children.push(entry) }.is_err() {
-                // Already done: never linked. Whoever listened meanwhile is
-                // woken here; later listeners see done on their re-check.
-                // SAFETY: valid as above.
-                let w = unsafe { fresh.as_ref() };
+            let linked = unsafe { scope.children.push(entry) }.is_ok();
+            if !linked {
+                // Already done (sealed): never linked.
                 w.header.next.mark();
                 // SAFETY: the list's claim, never used.
                 unsafe { release_claim(entry) };
+            }
+            // Linked, but the push/cancel handshake says the scope is done
+            // (a walker found its list empty, see `ChildList::push`): no
+            // walker will notify this event. Either way, whoever listened
+            // meanwhile is woken here; later listeners see done on their
+            // re-check.
+            if !linked || scope.state.load_after_push().is_done() {
                 w.notify_all();
                 if let Some(payload) = take_wake_panic() {
                     // We woke another task and its waker panicked: like a
