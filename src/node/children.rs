@@ -30,7 +30,7 @@
 
 use std::ptr::{self, NonNull};
 
-use super::Header;
+use super::{Header, Unlinked};
 use crate::sync::{sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
@@ -436,6 +436,20 @@ impl ChildList {
     /// # Safety
     /// As for `sweep` or `drain`, and pinned by `guard`.
     unsafe fn sweep_pinned(&self, guard: &Guard) -> (u32, u32) {
+        let mut retired = Unlinked::None;
+        // SAFETY: forwarded.
+        let counts = unsafe { self.unlink_marked(&mut retired) };
+        // SAFETY: we unlinked them, each with the list's claim.
+        unsafe { super::release_claims_later(retired, guard) };
+        counts
+    }
+
+    /// The traversal of `sweep_pinned`: unlinks every marked entry and
+    /// collects it in `retired`.
+    ///
+    /// # Safety
+    /// As for `sweep_pinned`.
+    unsafe fn unlink_marked(&self, retired: &mut Unlinked) -> (u32, u32) {
         let mut unlinked = 0u32;
         'restart: loop {
             let mut live = 0u32;
@@ -466,9 +480,9 @@ impl ChildList {
                     ) {
                         Ok(_) => {
                             unlinked += 1;
-                            // SAFETY: we unlinked it; others may still
-                            // traverse it, so through the epoch.
-                            unsafe { super::release_claim_later(entry, guard) };
+                            // Others may still traverse it: its list claim
+                            // is released through the epoch, below.
+                            retired.push(entry);
                             curr = replacement;
                         }
                         Err(_) => {

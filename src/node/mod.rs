@@ -490,7 +490,7 @@ pub(crate) unsafe fn leave_parent(
 ///
 /// Freeing at once is sound because every claim that a traverser may be
 /// relying on is released only after that traverser unpinned
-/// (`release_claim_later`), so when the count reaches zero nobody can reach
+/// (`release_claims_later`), so when the count reaches zero nobody can reach
 /// the node (invariant 5).
 ///
 /// # Safety
@@ -538,23 +538,69 @@ unsafe fn release_own_claims(h: NonNull<Header>, n: u16) {
     }
 }
 
-/// Releases one memory claim once every thread pinned now has unpinned:
-/// for claims a pinned traverser may still rely on (an entry unlinked from
-/// a list that others may be walking or sweeping).
+/// Releases one memory claim on each of `nodes` once every thread pinned
+/// now has unpinned: for claims a pinned traverser may still rely on (entries
+/// unlinked from a list that others may be walking or sweeping). One
+/// deferred function for the whole batch: a dying node that drains a large
+/// list pays for one `defer`, not one per entry.
 ///
 /// # Safety
-/// The caller owns one claim on `h`.
-pub(crate) unsafe fn release_claim_later(h: NonNull<Header>, guard: &Guard) {
-    count_claims(-1);
-    let addr = SendPtr(h);
-    // SAFETY: the claim keeps the node valid until the closure runs; the
-    // closure runs once, after every thread pinned now has unpinned.
+/// The caller owns one claim on each node.
+pub(crate) unsafe fn release_claims_later(nodes: Unlinked, guard: &Guard) {
+    let batch = match nodes {
+        Unlinked::None => return,
+        Unlinked::One(h) => Batch::One(SendPtr(h)),
+        Unlinked::Many(v) => Batch::Many(v.into_iter().map(SendPtr).collect()),
+    };
+    count_claims(-(batch.len() as isize));
+    // SAFETY: the claims keep the nodes valid until the closure runs; it
+    // runs once, after every thread pinned now has unpinned.
     unsafe {
         guard.defer_unchecked(move || {
-            let addr = addr;
-            drop_claim(addr.0)
+            let batch = batch;
+            match batch {
+                Batch::One(p) => drop_claim(p.0),
+                Batch::Many(v) => v.into_iter().for_each(|p| drop_claim(p.0)),
+            }
         })
     };
+}
+
+/// Entries unlinked by one sweep, whose list claims are released together
+/// (see [`release_claims_later`]). No allocation for zero or one entry.
+#[derive(Default)]
+pub(crate) enum Unlinked {
+    #[default]
+    None,
+    One(NonNull<Header>),
+    Many(Vec<NonNull<Header>>),
+}
+
+impl Unlinked {
+    pub(crate) fn push(&mut self, h: NonNull<Header>) {
+        *self = match std::mem::take(self) {
+            Unlinked::None => Unlinked::One(h),
+            Unlinked::One(first) => Unlinked::Many(vec![first, h]),
+            Unlinked::Many(mut v) => {
+                v.push(h);
+                Unlinked::Many(v)
+            }
+        };
+    }
+}
+
+enum Batch {
+    One(SendPtr),
+    Many(Vec<SendPtr>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::One(_) => 1,
+            Batch::Many(v) => v.len(),
+        }
+    }
 }
 
 /// # Safety
