@@ -531,6 +531,48 @@ fn a_waker_whose_clones_have_another_vtable_is_woken() {
     assert_eq!(Arc::strong_count(&count), 1, "every clone was released");
 }
 
+#[test]
+fn a_cancel_in_a_thread_local_destructor_wakes_waiters() {
+    struct CancelOnDrop(Option<ctxtree::CancelHandle>);
+
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            if let Some(handle) = self.0.take() {
+                handle.cancel();
+            }
+        }
+    }
+
+    std::thread_local! {
+        static GUARD: std::cell::RefCell<Option<CancelOnDrop>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    let (ctx, handle) = Context::background().with_cancel();
+    let counting = CountingWaker::new();
+    let mut done = ctx.done();
+    assert_eq!(poll_done(&mut done, &counting.waker()), Poll::Pending);
+    thread::spawn(move || {
+        GUARD.with(|g| *g.borrow_mut() = Some(CancelOnDrop(Some(handle))));
+        // A cancel with a waiter on this thread, after GUARD was first used:
+        // the crate's own thread-locals are then destroyed before GUARD's
+        // destructor cancels (destructors run in reverse registration order
+        // on the common platforms).
+        let (other, other_handle) = Context::background().with_cancel();
+        let mut other_done = other.done();
+        let waker = CountingWaker::new().waker();
+        assert_eq!(poll_done(&mut other_done, &waker), Poll::Pending);
+        other_handle.cancel();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counting.wakes(), 1);
+    assert_eq!(
+        poll_done(&mut done, &counting.waker()),
+        Poll::Ready(Error::Canceled)
+    );
+}
+
 // ---- Done: executors -------------------------------------------------------
 
 #[test]

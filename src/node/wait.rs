@@ -60,7 +60,9 @@ std::thread_local! {
 
 /// Takes the panic a waker threw on this thread, if any.
 pub(crate) fn take_wake_panic() -> Option<Box<dyn Any + Send>> {
-    WAKE_PANIC.with(Cell::take)
+    // `try_with`: a cancel may run in another thread-local's destructor,
+    // after this one is gone (then `catch_wake` parked nothing here).
+    WAKE_PANIC.try_with(Cell::take).ok().flatten()
 }
 
 /// Runs a task waker's `wake`/`wake_by_ref` on the notifying thread, catching
@@ -68,10 +70,12 @@ pub(crate) fn take_wake_panic() -> Option<Box<dyn Any + Send>> {
 /// unwind-safe there (a panic would skip the remaining listeners and lose
 /// an increment of its notified count, which a later removal underflows).
 /// The payload is parked in `WAKE_PANIC` and resumed by the cancellation
-/// once its walk is finished.
+/// once its walk is finished. On a thread whose thread-locals are already
+/// destroyed (a cancel from a thread-local destructor) the payload is
+/// dropped: `with` would panic, through event-listener.
 fn catch_wake(wake: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(wake)) {
-        WAKE_PANIC.with(|slot| {
+        let _ = WAKE_PANIC.try_with(|slot| {
             let first = slot.take().unwrap_or(payload);
             slot.set(Some(first));
         });
