@@ -73,13 +73,21 @@ pub(crate) fn take_wake_panic() -> Option<Box<dyn Any + Send>> {
 /// once its walk is finished. On a thread whose thread-locals are already
 /// destroyed (a cancel from a thread-local destructor) the payload is
 /// dropped: `with` would panic, through event-listener.
+#[inline]
 fn catch_wake(wake: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(wake)) {
-        let _ = WAKE_PANIC.try_with(|slot| {
-            let first = slot.take().unwrap_or(payload);
-            slot.set(Some(first));
-        });
+        park_wake_panic(payload);
     }
+}
+
+/// Out of line, so the wake path of every guard stays small.
+#[cold]
+#[inline(never)]
+fn park_wake_panic(payload: Box<dyn Any + Send>) {
+    let _ = WAKE_PANIC.try_with(|slot| {
+        let first = slot.take().unwrap_or(payload);
+        slot.set(Some(first));
+    });
 }
 
 // ---- Guarded wakers ----------------------------------------------------------
