@@ -7,10 +7,26 @@
 //! CTXTREE_PROFILE=W2 valgrind --tool=callgrind target/bench/release/deps/profile-*[!.d]
 //! ```
 //!
-//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10 (ctxtree only); `N` sets the
-//! iteration count (default 100,000).
+//! Workloads: W1, W2, W3, W5, W6, W8, W10 (ctxtree only), and L8 (W8's
+//! floor: the bare flag + `Mutex<Vec<Waker>>` of `bulk.rs`); `N` sets the
+//! iteration count (default 100,000; W8 and L8 run `N / 1000` rounds of
+//! 1,000 tasks).
+//!
+//! W8 and L8 run the part that `bulk.rs` times, from the cancel to the
+//! completion of the last task, inside `w8_wake` and nothing else, so
+//!
+//! ```sh
+//! CTXTREE_PROFILE=W8 N=1000 valgrind --tool=callgrind --toggle-collect='*w8_wake*' ...
+//! ```
+//!
+//! counts exactly that part (spawning and registering the tasks excluded).
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskCx, Poll, Waker};
 use std::time::Duration;
 
 use ctxtree::Context;
@@ -79,21 +95,109 @@ fn main() {
             }
         }
         "W8" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            for _ in 0..n / 1000 {
+            let rt = current_thread();
+            for _ in 0..n / TASKS {
                 let (ctx, h) = parent.with_cancel();
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..1000).map(|_| tokio::spawn(ctx.done())).collect();
-                    tokio::task::yield_now().await;
-                    h.cancel();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                });
+                w8_round(&rt, || ctx.done(), || h.cancel());
+            }
+        }
+        "L8" => {
+            let rt = current_thread();
+            for _ in 0..n / TASKS {
+                let bare = Arc::new(Bare::default());
+                w8_round(&rt, || BareWait(bare.clone(), false), || bare.fire());
             }
         }
         other => panic!("unknown workload {other}"),
+    }
+}
+
+// ---- W8 / L8 -----------------------------------------------------------------
+
+const TASKS: usize = 1000;
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// One round of `bulk.rs`'s `wake_many_round`, without the clock: spawn
+/// `TASKS` tasks awaiting `make_wait()` and let every one register, then
+/// `fire` and run until the last task has completed (in `w8_wake`).
+fn w8_round<W, F, C>(rt: &tokio::runtime::Runtime, make_wait: W, fire: C)
+where
+    W: Fn() -> F,
+    F: Future + Send + 'static,
+    C: FnOnce(),
+{
+    let started = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    rt.block_on(async {
+        for _ in 0..TASKS {
+            let fut = make_wait();
+            let (s, f, n) = (started.clone(), finished.clone(), all_done.clone());
+            tokio::spawn(async move {
+                s.fetch_add(1, Ordering::Relaxed);
+                fut.await;
+                if f.fetch_add(1, Ordering::Relaxed) + 1 == TASKS {
+                    n.notify_one();
+                }
+            });
+        }
+        // Every task increments `started` and registers in the same poll.
+        while started.load(Ordering::Relaxed) < TASKS {
+            tokio::task::yield_now().await;
+        }
+    });
+    // Every task is parked on its wait; nothing runs until `fire`.
+    assert_eq!(finished.load(Ordering::Relaxed), 0);
+    w8_wake(rt, fire, &all_done);
+    assert_eq!(finished.load(Ordering::Relaxed), TASKS);
+}
+
+/// The timed part of W8: from the cancel to the completion of the last task.
+#[inline(never)]
+fn w8_wake(rt: &tokio::runtime::Runtime, fire: impl FnOnce(), all_done: &tokio::sync::Notify) {
+    rt.block_on(async {
+        fire();
+        all_done.notified().await;
+    });
+}
+
+/// `bulk.rs`'s bare one-shot wake-all primitive (W8's floor): a flag and a
+/// mutex-guarded waker list.
+#[derive(Default)]
+struct Bare {
+    flag: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+struct BareWait(Arc<Bare>, bool);
+
+impl Future for BareWait {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<()> {
+        if self.0.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !self.1 {
+            self.0.wakers.lock().unwrap().push(cx.waker().clone());
+            self.1 = true;
+            if self.0.flag.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Bare {
+    fn fire(&self) {
+        self.flag.store(true, Ordering::Release);
+        for w in std::mem::take(&mut *self.wakers.lock().unwrap()) {
+            w.wake();
+        }
     }
 }

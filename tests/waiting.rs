@@ -447,6 +447,132 @@ fn done_futures_work_normally_after_a_waker_panicked_during_cancel() {
     });
 }
 
+#[test]
+fn a_pending_done_holds_one_waker_reference_until_woken() {
+    let (ctx, handle) = Context::background().with_cancel();
+    let counting = CountingWaker::new();
+    let waker = counting.waker();
+    let mut done = ctx.done();
+    assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
+    assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
+    assert_eq!(
+        Arc::strong_count(&counting),
+        3,
+        "the test's two plus one for the registration, however often polled"
+    );
+    handle.cancel();
+    assert_eq!(counting.wakes(), 1);
+    assert_eq!(
+        Arc::strong_count(&counting),
+        2,
+        "waking consumes the registration's reference"
+    );
+    assert_eq!(poll_done(&mut done, &waker), Poll::Ready(Error::Canceled));
+    drop((done, waker));
+    assert_eq!(Arc::strong_count(&counting), 1);
+}
+
+/// A hand-made waker whose clones have another vtable (`CLONED`) than the
+/// original (`ORIGINAL`), both over an `Arc<AtomicUsize>` counting wakes.
+mod vtable_switching {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+
+    static ORIGINAL: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop_raw);
+    static CLONED: RawWakerVTable = RawWakerVTable::new(clone, wake, cloned_wake_by_ref, drop_raw);
+
+    unsafe fn clone(data: *const ()) -> RawWaker {
+        // SAFETY: `data` came from `Arc::into_raw` (see `waker`).
+        unsafe { Arc::increment_strong_count(data.cast::<AtomicUsize>()) };
+        RawWaker::new(data, &CLONED)
+    }
+
+    unsafe fn wake(data: *const ()) {
+        // SAFETY: as above; the waker's reference is consumed.
+        let count = unsafe { Arc::from_raw(data.cast::<AtomicUsize>()) };
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    unsafe fn wake_by_ref(data: *const ()) {
+        // SAFETY: as above; the reference stays the waker's.
+        unsafe { &*data.cast::<AtomicUsize>() }.fetch_add(1, Ordering::SeqCst);
+    }
+
+    unsafe fn cloned_wake_by_ref(data: *const ()) {
+        // SAFETY: as above (a distinct function, so the vtables differ).
+        unsafe { &*data.cast::<AtomicUsize>() }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    unsafe fn drop_raw(data: *const ()) {
+        // SAFETY: as above; the waker's reference is released.
+        drop(unsafe { Arc::from_raw(data.cast::<AtomicUsize>()) });
+    }
+
+    pub fn waker(count: &Arc<AtomicUsize>) -> Waker {
+        let data = Arc::into_raw(count.clone()).cast::<()>();
+        // SAFETY: the vtable's functions follow the `RawWaker` contract for
+        // a data pointer from `Arc::into_raw`.
+        unsafe { Waker::from_raw(RawWaker::new(data, &ORIGINAL)) }
+    }
+}
+
+#[test]
+fn a_waker_whose_clones_have_another_vtable_is_woken() {
+    let (ctx, handle) = Context::background().with_cancel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let waker = vtable_switching::waker(&count);
+    let mut done = ctx.done();
+    assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
+    handle.cancel();
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(poll_done(&mut done, &waker), Poll::Ready(Error::Canceled));
+    drop((done, waker));
+    assert_eq!(Arc::strong_count(&count), 1, "every clone was released");
+}
+
+#[test]
+fn a_cancel_in_a_thread_local_destructor_wakes_waiters() {
+    struct CancelOnDrop(Option<ctxtree::CancelHandle>);
+
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            if let Some(handle) = self.0.take() {
+                handle.cancel();
+            }
+        }
+    }
+
+    std::thread_local! {
+        static GUARD: std::cell::RefCell<Option<CancelOnDrop>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    let (ctx, handle) = Context::background().with_cancel();
+    let counting = CountingWaker::new();
+    let mut done = ctx.done();
+    assert_eq!(poll_done(&mut done, &counting.waker()), Poll::Pending);
+    thread::spawn(move || {
+        GUARD.with(|g| *g.borrow_mut() = Some(CancelOnDrop(Some(handle))));
+        // A cancel with a waiter on this thread, after GUARD was first used:
+        // the crate's own thread-locals are then destroyed before GUARD's
+        // destructor cancels (destructors run in reverse registration order
+        // on the common platforms).
+        let (other, other_handle) = Context::background().with_cancel();
+        let mut other_done = other.done();
+        let waker = CountingWaker::new().waker();
+        assert_eq!(poll_done(&mut other_done, &waker), Poll::Pending);
+        other_handle.cancel();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counting.wakes(), 1);
+    assert_eq!(
+        poll_done(&mut done, &counting.waker()),
+        Poll::Ready(Error::Canceled)
+    );
+}
+
 // ---- Done: executors -------------------------------------------------------
 
 #[test]

@@ -16,10 +16,14 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+// std, not the sync shim: the guard registry holds user waker vtables, which
+// loom need not model (like `UserArc`).
+use std::sync::atomic::AtomicPtr as StdAtomicPtr;
+use std::task::{Context as TaskContext, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::time::Instant;
 
 use super::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
@@ -37,6 +41,12 @@ pub(crate) struct WaitersNode {
 
 impl WaitersNode {
     /// Wakes every listener.
+    ///
+    /// Plain `notify`, not a relaxed variant: its leading SeqCst fence is
+    /// the notifier's half of invariant 12. (`notify_additional` would walk
+    /// the same entries: every listener is unnotified until this call, and
+    /// the per-listener cost is the same.) Task wakers are guards (see
+    /// below), so nothing unwinds out of here.
     pub(crate) fn notify_all(&self) {
         self.event.notify(usize::MAX);
     }
@@ -50,13 +60,197 @@ std::thread_local! {
 
 /// Takes the panic a waker threw on this thread, if any.
 pub(crate) fn take_wake_panic() -> Option<Box<dyn Any + Send>> {
-    WAKE_PANIC.with(Cell::take)
+    // `try_with`: a cancel may run in another thread-local's destructor,
+    // after this one is gone (then `catch_wake` parked nothing here).
+    WAKE_PANIC.try_with(Cell::take).ok().flatten()
 }
 
-/// Wraps a task's waker so that a panic in it is caught on the notifying
-/// thread instead of unwinding through event-listener (which would skip the
-/// remaining listeners and corrupt its counts). The payload is parked in
-/// `WAKE_PANIC` and resumed by the cancellation once its walk is finished.
+/// Runs a task waker's `wake`/`wake_by_ref` on the notifying thread, catching
+/// its panic: event-listener calls wakers inside `Event::notify` and is not
+/// unwind-safe there (a panic would skip the remaining listeners and lose
+/// an increment of its notified count, which a later removal underflows).
+/// The payload is parked in `WAKE_PANIC` and resumed by the cancellation
+/// once its walk is finished. On a thread whose thread-locals are already
+/// destroyed (a cancel from a thread-local destructor) the payload is
+/// dropped: `with` would panic, through event-listener.
+#[inline]
+fn catch_wake(wake: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(wake)) {
+        park_wake_panic(payload);
+    }
+}
+
+/// Out of line, so the wake path of every guard stays small.
+#[cold]
+#[inline(never)]
+fn park_wake_panic(payload: Box<dyn Any + Send>) {
+    let _ = WAKE_PANIC.try_with(|slot| {
+        let first = slot.take().unwrap_or(payload);
+        slot.set(Some(first));
+    });
+}
+
+// ---- Guarded wakers ----------------------------------------------------------
+//
+// `Done` never hands event-listener a task's waker directly, but a *guarded*
+// waker whose `wake`/`wake_by_ref` run the task's under `catch_wake`.
+//
+// A guard needs the task waker's data pointer and vtable, but a `RawWaker`
+// has room for one pointer. So the guard keeps the task's data pointer and
+// takes a vtable of its own, one per task-waker vtable: `INNER[i]` records
+// the i-th distinct task-waker vtable seen (filled once, never changed) and
+// `GUARDS[i]`'s functions are generic over `i`, so they find the task's
+// vtable there. Such a guard costs no allocation and no atomic operation
+// beyond the task waker's own: cloning it clones the task waker, dropping
+// it drops the task waker. Programs use a handful of waker vtables; if more
+// than `SLOTS` show up, the rest get an allocated wrapper
+// (`GuardedWaker`), as every waker did before.
+
+/// How many distinct task-waker vtables get an allocation-free guard.
+const SLOTS: usize = 32;
+
+/// The task-waker vtables with a guard vtable, in the order first seen.
+static INNER: [StdAtomicPtr<RawWakerVTable>; SLOTS] =
+    [const { StdAtomicPtr::new(ptr::null_mut()) }; SLOTS];
+
+/// The guard vtables: `GUARDS[i]` guards wakers of vtable `INNER[i]`.
+static GUARDS: [RawWakerVTable; SLOTS] = guard_vtables();
+
+const fn guard_vtable<const I: usize>() -> RawWakerVTable {
+    RawWakerVTable::new(
+        guard_clone::<I>,
+        guard_wake::<I>,
+        guard_wake_by_ref::<I>,
+        guard_drop::<I>,
+    )
+}
+
+const fn guard_vtables() -> [RawWakerVTable; SLOTS] {
+    macro_rules! slots {
+        ($($i:literal)*) => { [$(guard_vtable::<$i>()),*] };
+    }
+    slots!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+}
+
+/// The slot of `vtable` in `INNER`, claiming a free one on first sight;
+/// `None` if every slot holds another vtable.
+fn slot_of(vtable: &'static RawWakerVTable) -> Option<usize> {
+    let wanted = ptr::from_ref(vtable).cast_mut();
+    for (i, slot) in INNER.iter().enumerate() {
+        // Acquire: pairs with the AcqRel claim below, so the vtable behind
+        // a slot filled by another thread is visible to its guard functions.
+        let mut seen = slot.load(Ordering::Acquire);
+        if seen.is_null() {
+            // AcqRel: Release publishes the vtable pointer with the slot;
+            // Acquire reads a concurrent claimer's.
+            match slot.compare_exchange(
+                ptr::null_mut(),
+                wanted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(i),
+                Err(winner) => seen = winner,
+            }
+        }
+        if seen == wanted {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// The task waker that a guard of slot `I` wraps, rebuilt from its data
+/// pointer. Owns whatever the guard owned (nothing for a borrowed view).
+///
+/// # Safety
+/// `data` is the data pointer of a guard of slot `I`, which is the data
+/// pointer of a task waker whose vtable is `INNER[I]`.
+unsafe fn inner_waker<const I: usize>(data: *const ()) -> Waker {
+    // Acquire: pairs with the claim of the slot (the guard that called us
+    // was made after it, possibly on another thread).
+    let vtable = INNER[I].load(Ordering::Acquire);
+    // SAFETY: a guard of slot `I` exists only once the slot is filled
+    // (`guarded_raw`, `poll_guarded`), a filled slot never changes, and it
+    // holds a `&'static RawWakerVTable`.
+    let vtable: &'static RawWakerVTable = unsafe { &*vtable };
+    // SAFETY: `data` and `vtable` are those of one task waker (caller).
+    unsafe { Waker::from_raw(RawWaker::new(data, vtable)) }
+}
+
+/// # Safety
+/// `data` is the data pointer of a guard of slot `I` (see `inner_waker`).
+unsafe fn guard_clone<const I: usize>(data: *const ()) -> RawWaker {
+    // SAFETY: forwarded; `ManuallyDrop`: the guard's reference stays its own.
+    let inner = ManuallyDrop::new(unsafe { inner_waker::<I>(data) });
+    guarded_raw(Waker::clone(&inner))
+}
+
+/// # Safety
+/// `data` is the data pointer of a guard of slot `I` (see `inner_waker`),
+/// whose reference is consumed.
+unsafe fn guard_wake<const I: usize>(data: *const ()) {
+    // SAFETY: forwarded; the guard's reference is the task waker's.
+    let inner = unsafe { inner_waker::<I>(data) };
+    catch_wake(move || inner.wake());
+}
+
+/// # Safety
+/// `data` is the data pointer of a guard of slot `I` (see `inner_waker`).
+unsafe fn guard_wake_by_ref<const I: usize>(data: *const ()) {
+    // SAFETY: forwarded; `ManuallyDrop`: the reference stays the guard's.
+    let inner = ManuallyDrop::new(unsafe { inner_waker::<I>(data) });
+    catch_wake(|| inner.wake_by_ref());
+}
+
+/// # Safety
+/// `data` is the data pointer of a guard of slot `I` (see `inner_waker`),
+/// whose reference is released.
+unsafe fn guard_drop<const I: usize>(data: *const ()) {
+    // SAFETY: forwarded; the guard's reference is the task waker's.
+    drop(unsafe { inner_waker::<I>(data) });
+}
+
+/// Turns an owned task waker into an owned guard.
+fn guarded_raw(waker: Waker) -> RawWaker {
+    match slot_of(waker.vtable()) {
+        Some(i) => {
+            // The guard takes over the task waker's reference.
+            let waker = ManuallyDrop::new(waker);
+            RawWaker::new(waker.data(), &GUARDS[i])
+        }
+        None => {
+            // Every slot taken: an allocated wrapper, handed over as raw.
+            let wrapper = ManuallyDrop::new(Waker::from(UserArc::new(GuardedWaker(waker))));
+            RawWaker::new(wrapper.data(), wrapper.vtable())
+        }
+    }
+}
+
+/// Polls `listener` with a guard of `waker`: a borrowed view when its
+/// vtable has a slot (event-listener clones it, through `guard_clone`, when
+/// it keeps it), else a fresh allocated wrapper.
+fn poll_guarded(listener: &mut EventListener, waker: &Waker) -> Poll<()> {
+    match slot_of(waker.vtable()) {
+        Some(i) => {
+            // SAFETY: `waker.data()` belongs to a waker of vtable
+            // `INNER[i]`, as the guard functions of slot `i` require. The
+            // view is never dropped, so it releases no reference it does not
+            // own, and it does not outlive `waker`.
+            let view = ManuallyDrop::new(unsafe {
+                Waker::from_raw(RawWaker::new(waker.data(), &GUARDS[i]))
+            });
+            Pin::new(listener).poll(&mut TaskContext::from_waker(&view))
+        }
+        None => {
+            let wrapper = Waker::from(UserArc::new(GuardedWaker(waker.clone())));
+            Pin::new(listener).poll(&mut TaskContext::from_waker(&wrapper))
+        }
+    }
+}
+
+/// The allocated guard, for task wakers beyond the `SLOTS` distinct vtables
+/// that get an allocation-free one.
 struct GuardedWaker(Waker);
 
 impl Wake for GuardedWaker {
@@ -65,12 +259,7 @@ impl Wake for GuardedWaker {
     }
 
     fn wake_by_ref(self: &UserArc<Self>) {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.0.wake_by_ref())) {
-            WAKE_PANIC.with(|slot| {
-                let first = slot.take().unwrap_or(payload);
-                slot.set(Some(first));
-            });
-        }
+        catch_wake(|| self.0.wake_by_ref());
     }
 }
 
@@ -166,8 +355,6 @@ fn listen(scope: &CancelNode) -> EventListener {
 pub struct Done {
     ctx: Context,
     listener: Option<EventListener>,
-    /// The last task waker seen and its panic-catching wrapper.
-    waker: Option<(Waker, Waker)>,
 }
 
 impl std::fmt::Debug for Done {
@@ -183,7 +370,6 @@ impl Done {
         Done {
             ctx,
             listener: None,
-            waker: None,
         }
     }
 }
@@ -204,21 +390,10 @@ impl Future for Done {
             };
             match &mut this.listener {
                 None => this.listener = Some(listen(scope)),
-                Some(listener) => {
-                    let guarded = match &this.waker {
-                        Some((seen, guarded)) if seen.will_wake(cx.waker()) => guarded,
-                        _ => {
-                            let guarded =
-                                Waker::from(UserArc::new(GuardedWaker(cx.waker().clone())));
-                            &this.waker.insert((cx.waker().clone(), guarded)).1
-                        }
-                    };
-                    let mut inner = TaskContext::from_waker(guarded);
-                    match Pin::new(listener).poll(&mut inner) {
-                        Poll::Ready(()) => this.listener = None,
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
+                Some(listener) => match poll_guarded(listener, cx.waker()) {
+                    Poll::Ready(()) => this.listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
             }
         }
     }
@@ -255,6 +430,107 @@ pub(crate) fn wait_until(ctx: &Context, deadline: Option<Instant>) -> Option<Err
                     return ctx.err().err();
                 }
             }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The guard registry is process-wide: these tests fill it, so they
+    //! live in the library's unit tests, where nothing else polls a `Done`.
+
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A waker type per `N`: each has its own vtable (its `wake` adds a
+    /// different amount, so no two can be merged).
+    struct Counting<const N: usize>(Arc<AtomicUsize>);
+
+    impl<const N: usize> Wake for Counting<N> {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(N + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting<const N: usize>() -> (Waker, Arc<AtomicUsize>, usize) {
+        let count = Arc::new(AtomicUsize::new(0));
+        (
+            Waker::from(Arc::new(Counting::<N>(count.clone()))),
+            count,
+            N + 1,
+        )
+    }
+
+    struct Panicking;
+
+    impl Wake for Panicking {
+        fn wake(self: Arc<Self>) {
+            panic!("deliberate waker panic");
+        }
+    }
+
+    #[test]
+    fn wakers_beyond_the_guard_slots_are_guarded_too() {
+        macro_rules! wakers {
+            ($($n:literal)*) => { vec![$(counting::<$n>()),*] };
+        }
+        // More distinct vtables than slots.
+        let wakers = wakers!(
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19
+            20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+        );
+        let (ctx, handle) = Context::background().with_cancel();
+        let mut dones: Vec<Done> = Vec::new();
+        for (waker, _, _) in &wakers {
+            let mut done = ctx.done();
+            assert!(Pin::new(&mut done)
+                .poll(&mut TaskContext::from_waker(waker))
+                .is_pending());
+            dones.push(done);
+        }
+        assert!(
+            INNER.iter().all(|s| !s.load(Ordering::Relaxed).is_null()),
+            "every guard slot is taken"
+        );
+        // A panicking waker past the slots: the allocated guard catches it.
+        let bad = Waker::from(Arc::new(Panicking));
+        assert_eq!(slot_of(bad.vtable()), None);
+        let mut bad_done = ctx.done();
+        assert!(Pin::new(&mut bad_done)
+            .poll(&mut TaskContext::from_waker(&bad))
+            .is_pending());
+        let (after, after_count, after_step) = counting::<40>();
+        let mut after_done = ctx.done();
+        assert!(Pin::new(&mut after_done)
+            .poll(&mut TaskContext::from_waker(&after))
+            .is_pending());
+
+        let cancel_panicked = catch_unwind(AssertUnwindSafe(|| handle.cancel())).is_err();
+        assert!(cancel_panicked, "the waker's panic resumes from cancel()");
+        for (waker, count, step) in &wakers {
+            assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), *step);
+            let mut done = dones.remove(0);
+            assert_eq!(
+                Pin::new(&mut done).poll(&mut TaskContext::from_waker(waker)),
+                Poll::Ready(Error::Canceled)
+            );
+        }
+        assert_eq!(
+            after_count.load(std::sync::atomic::Ordering::SeqCst),
+            after_step,
+            "the waker after the panicking one is woken"
+        );
+        drop((bad_done, after_done));
+        // Every guard gave back the reference it took.
+        for (waker, count, _) in wakers {
+            drop(waker);
+            assert_eq!(Arc::strong_count(&count), 1);
         }
     }
 }
