@@ -16,7 +16,7 @@
 //!
 //! Callbacks run after the walk, with nothing internal held. Wakers run
 //! inside `Event::notify` (under event-listener's own list lock, while we are
-//! pinned), wrapped so that a panicking waker cannot unwind through
+//! pinned), guarded (see `wait`) so that a panicking waker cannot unwind through
 //! event-listener (see `wait`). A panic in either does not stop the others:
 //! the walk is finished first and the first panic is resumed at the end.
 
@@ -168,7 +168,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                         Kind::Waiters => {
                             let w = entry.cast::<WaitersNode>();
                             panics.run(|| w.as_ref().notify_all());
-                            // Wakers run under a panic-catching wrapper (see
+                            // Wakers run under a panic-catching guard (see
                             // `wait`); collect what they threw.
                             if let Some(payload) = take_wake_panic() {
                                 panics.0.get_or_insert(payload);
