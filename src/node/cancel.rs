@@ -16,7 +16,7 @@
 //!
 //! Callbacks run after the walk, with nothing internal held. Wakers run
 //! inside `Event::notify` (under event-listener's own list lock, while we are
-//! pinned), guarded (see `wait`) so that a panicking waker cannot unwind through
+//! pinned), guarded so that a panicking waker cannot unwind through
 //! event-listener (see `wait`). A panic in either does not stop the others:
 //! the walk is finished first and the first panic is resumed at the end.
 
