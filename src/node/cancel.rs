@@ -31,7 +31,7 @@ use super::{
     as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
 };
 use crate::error::{Cause, Error};
-use crate::sync::LazyGuard;
+use crate::sync::{LazyGuard, WalkGuard};
 
 /// Cancels `node` with `err` and `cause` (first cancellation wins) and
 /// returns once the node and every descendant are done.
@@ -106,7 +106,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     let mut panics = Panics::default();
     let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
     {
-        let mut guard = LazyGuard::new();
+        let mut guard = WalkGuard::new();
         // The root is taken first without allocating: a leaf cancel never
         // touches the heap.
         let mut first = Some((root, word));
@@ -151,7 +151,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             };
             // SAFETY: pinned for the whole walk.
             unsafe {
-                sealed.for_each(guard.get(), |entry: NonNull<Header>| {
+                sealed.for_each(guard.traverse(), |entry: NonNull<Header>| {
                     match entry.as_ref().kind {
                         Kind::Cancel | Kind::Deadline | Kind::Merge => {
                             if let Some(child) = as_cancel(entry) {
@@ -184,7 +184,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // SAFETY: the caller holds `root`.
         unsafe { root.as_ref() }.children.mark_complete();
         // SAFETY: the caller holds `root`; merges are pinned.
-        unsafe { derive::detach(root, &mut guard) };
+        unsafe { derive::detach(root, guard.pin()) };
         for m in merges {
             if m == root {
                 continue;
@@ -193,7 +193,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // itself when it died; a live one is held while we detach it.
             if let Some(held) = unsafe { NodeRef::try_acquire(m.cast()) } {
                 // SAFETY: held.
-                unsafe { derive::detach(m, &mut guard) };
+                unsafe { derive::detach(m, guard.pin()) };
                 drop(held);
             }
         }

@@ -31,7 +31,9 @@
 use std::ptr::{self, NonNull};
 
 use super::{Header, Unlinked};
-use crate::sync::{sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
+use crate::sync::{
+    no_walk_in_flight, sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering,
+};
 
 /// Tag bit on a list head: the list is closed to new entries.
 const SEALED: usize = 0b01;
@@ -417,17 +419,30 @@ impl ChildList {
 
     /// Unlinks everything left in the list of a node that is dying. No
     /// announcement: nobody else removes entries from this list any more
-    /// (every remover holds the owner, invariant 5); walkers of a sealed
-    /// list may still be pinned on its entries, hence the epoch.
+    /// (every remover holds the owner, invariant 5), and no pin for our own
+    /// traversal (the list's claims keep the entries valid until we release
+    /// them). Only a cancellation walk could still be inside the list: if
+    /// none is in flight, the list's claims are released at once, else
+    /// through the epoch.
     ///
     /// # Safety
-    /// The caller is the owner's dying thread.
+    /// The caller is the owner's dying thread, and has marked the owner in
+    /// its parent's list (if it was linked) before this call.
     pub(crate) unsafe fn drain(&self, guard: &mut LazyGuard) {
         if untag(self.head.load(Ordering::Acquire)).is_null() {
             return;
         }
-        // SAFETY: forwarded; pinned.
-        unsafe { self.sweep_pinned(guard.get()) };
+        let mut retired = Unlinked::None;
+        // SAFETY: the dying owner's thread; see above.
+        unsafe { self.unlink_marked(&mut retired) };
+        if no_walk_in_flight() {
+            // SAFETY: we unlinked them, each with the list's claim, and no
+            // traverser can hold them (see above; invariant 5).
+            unsafe { retired.release_now() };
+        } else {
+            // SAFETY: we unlinked them, each with the list's claim.
+            unsafe { super::release_claims_later(retired, guard.get()) };
+        }
     }
 
     /// Lock-free: a failed compare-exchange means another thread made
