@@ -422,27 +422,38 @@ impl ChildList {
     /// (every remover holds the owner, invariant 5), and no pin for our own
     /// traversal (the list's claims keep the entries valid until we release
     /// them). Only a cancellation walk could still be inside the list: if
-    /// none is in flight, the list's claims are released at once, else
-    /// through the epoch.
+    /// none is in flight, the list's claims are released at once, without
+    /// even unlinking the entries; else they are unlinked and their claims
+    /// released through the epoch.
     ///
     /// # Safety
     /// The caller is the owner's dying thread, and has marked the owner in
     /// its parent's list (if it was linked) before this call.
     pub(crate) unsafe fn drain(&self, guard: &mut LazyGuard) {
-        if untag(self.head.load(Ordering::Acquire)).is_null() {
+        let mut curr = untag(self.head.load(Ordering::Acquire));
+        if curr.is_null() {
+            return;
+        }
+        if no_walk_in_flight() {
+            // Nobody can traverse this list any more: release the list's
+            // claim on each entry without unlinking it.
+            while let Some(entry) = NonNull::new(curr) {
+                // SAFETY: the list's claim keeps the entry valid until we
+                // release it below.
+                let next = unsafe { entry.as_ref() }.next.load();
+                debug_assert!(next.addr() & MARK != 0, "a live entry in a dead list");
+                curr = untag(next);
+                // SAFETY: the list's claim, and no traverser relies on it
+                // (see above; invariant 5).
+                unsafe { super::release_claim(entry) };
+            }
             return;
         }
         let mut retired = Unlinked::None;
         // SAFETY: the dying owner's thread; see above.
         unsafe { self.unlink_marked(&mut retired) };
-        if no_walk_in_flight() {
-            // SAFETY: we unlinked them, each with the list's claim, and no
-            // traverser can hold them (see above; invariant 5).
-            unsafe { retired.release_now() };
-        } else {
-            // SAFETY: we unlinked them, each with the list's claim.
-            unsafe { super::release_claims_later(retired, guard.get()) };
-        }
+        // SAFETY: we unlinked them, each with the list's claim.
+        unsafe { super::release_claims_later(retired, guard.get()) };
     }
 
     /// Lock-free: a failed compare-exchange means another thread made

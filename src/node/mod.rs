@@ -577,23 +577,6 @@ pub(crate) enum Unlinked {
 }
 
 impl Unlinked {
-    /// Releases the list's claim on each entry now.
-    ///
-    /// # Safety
-    /// The caller owns one claim on each entry and no traverser relies on
-    /// them.
-    pub(crate) unsafe fn release_now(self) {
-        let each = |h| {
-            // SAFETY: forwarded.
-            unsafe { release_claim(h) }
-        };
-        match self {
-            Unlinked::None => {}
-            Unlinked::One(h) => each(h),
-            Unlinked::Many(v) => v.into_iter().for_each(each),
-        }
-    }
-
     pub(crate) fn push(&mut self, h: NonNull<Header>) {
         *self = match std::mem::take(self) {
             Unlinked::None => Unlinked::One(h),
