@@ -429,11 +429,19 @@ impl ChildList {
     /// # Safety
     /// The caller is the owner's dying thread, and has marked the owner in
     /// its parent's list (if it was linked) before this call.
+    #[inline]
     pub(crate) unsafe fn drain(&self, guard: &mut LazyGuard) {
-        let mut curr = untag(self.head.load(Ordering::Acquire));
-        if curr.is_null() {
-            return;
+        let curr = untag(self.head.load(Ordering::Acquire));
+        if !curr.is_null() {
+            // SAFETY: forwarded.
+            unsafe { self.drain_from(curr, guard) };
         }
+    }
+
+    /// # Safety
+    /// As for `drain`; `curr` is the first entry.
+    #[inline(never)]
+    unsafe fn drain_from(&self, mut curr: *mut Header, guard: &mut LazyGuard) {
         if no_walk_in_flight() {
             // Nobody can traverse this list any more: release the list's
             // claim on each entry without unlinking it.
