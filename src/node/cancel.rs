@@ -92,13 +92,22 @@ impl Panics {
 /// # Safety
 /// The caller holds a reference to `root`.
 unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
-    // A plain cancel node with nothing in its list (the common leaf
-    // cancel): leave the parent's list, done. No timer to disarm, no second
+    // A cancel or deadline node with nothing in its list (the common leaf
+    // cancel): disarm its timer, leave the parent's list, done. No second
     // list to leave, nothing to wake or call, and no seal (a later pusher
     // sees the state done, see `ChildList::push`).
     // SAFETY: the caller holds `root`.
     let r = unsafe { root.as_ref() };
-    if r.header.kind == Kind::Cancel && r.children.is_empty_after_finish() {
+    let leaf_kind = match r.header.kind {
+        Kind::Cancel => true,
+        Kind::Deadline => {
+            // SAFETY: kind checked.
+            timer_glue::disarm(unsafe { root.cast::<DeadlineNode>().as_ref() });
+            true
+        }
+        _ => false,
+    };
+    if leaf_kind && r.children.is_empty_after_finish() {
         // SAFETY: held by the caller.
         unsafe { derive::detach(root, &mut LazyGuard::new()) };
         return;

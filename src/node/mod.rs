@@ -393,7 +393,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             if header.kind == Kind::Deadline {
                 // SAFETY: kind checked.
                 let d = unsafe { node.cast::<DeadlineNode>().as_ref() };
-                timer_glue::disarm(d);
+                timer_glue::disarm_dying(d);
                 // SAFETY: dead: no handle can read the cause any more and a
                 // timer that fired held a reference (invariant 8).
                 drop(d.cause.with_mut(|c| unsafe { (*c).take() }));

@@ -42,6 +42,13 @@ pub(crate) fn disarm(node: &DeadlineNode) {
     // fence-separated re-check of the state (see `arm`) sees this node done
     // (the state was published before this fence) and disarms it itself.
     crate::sync::fence(Ordering::SeqCst);
+    disarm_dying(node);
+}
+
+/// Disarms the timer of a node that is dying. No fence: the creator's
+/// `arm` (and its re-check) happened before the creator released its
+/// reference, hence before the death, so the hint cannot be stale.
+pub(crate) fn disarm_dying(node: &DeadlineNode) {
     // Acquire: pairs with the timer thread's Release store of NONE after
     // its last access to a node it popped (invariant 10).
     if node.timer.load(Ordering::Acquire) == NONE {
