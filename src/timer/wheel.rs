@@ -339,17 +339,21 @@ impl<T> Wheel<T> {
     /// Deadline tick of `when`: rounded up, `NEVER_TICK` if it saturates.
     fn ceil_tick(&self, when: Instant) -> u64 {
         let since = when.saturating_duration_since(self.origin);
-        let mut millis = since.as_millis();
-        if since.subsec_nanos() % NANOS_PER_TICK != 0 {
-            millis = millis.saturating_add(1);
-        }
-        u64::try_from(millis).unwrap_or(NEVER_TICK)
+        // u64 arithmetic (not `as_millis`'s u128): this runs on every arm.
+        let millis = whole_millis(since).and_then(|m| {
+            if since.subsec_nanos() % NANOS_PER_TICK != 0 {
+                m.checked_add(1)
+            } else {
+                Some(m)
+            }
+        });
+        millis.unwrap_or(NEVER_TICK)
     }
 
     /// Tick of `now`: rounded down, at most `MAX_NOW_TICK`.
     fn floor_tick(&self, now: Instant) -> u64 {
-        let millis = now.saturating_duration_since(self.origin).as_millis();
-        u64::try_from(millis)
+        let since = now.saturating_duration_since(self.origin);
+        whole_millis(since)
             .unwrap_or(MAX_NOW_TICK)
             .min(MAX_NOW_TICK)
     }
@@ -597,6 +601,13 @@ impl<T> Wheel<T> {
         }
         assert_eq!(free + armed, self.slab.len(), "every slot is armed or free");
     }
+}
+
+/// `d` in whole milliseconds, `None` if that does not fit in a `u64`.
+fn whole_millis(d: Duration) -> Option<u64> {
+    d.as_secs()
+        .checked_mul(1000)?
+        .checked_add(u64::from(d.subsec_millis()))
 }
 
 #[cfg(test)]
