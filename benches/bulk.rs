@@ -15,13 +15,12 @@ mod support;
 
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskCx, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctxtree::Context;
+use support::bare_wake::{current_thread, spawn_waiters, Bare, BareWait};
 use support::{mutex_port, ns, record, record_check, stats};
 use tokio_util::sync::CancellationToken;
 
@@ -339,45 +338,6 @@ fn w7() {
 
 // ---- W8: wake 1,000 tasks ---------------------------------------------------
 
-const TASKS: usize = 1000;
-
-/// A bare one-shot wake-all primitive: a flag and a mutex-guarded waker
-/// list. The limit for W8: tokio scheduling 1,000 woken tasks with nothing
-/// but this in between.
-#[derive(Default)]
-struct Bare {
-    flag: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-struct BareWait(Arc<Bare>, bool);
-
-impl Future for BareWait {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<()> {
-        if self.0.flag.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        if !self.1 {
-            self.0.wakers.lock().unwrap().push(cx.waker().clone());
-            self.1 = true;
-            if self.0.flag.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    }
-}
-
-impl Bare {
-    fn fire(&self) {
-        self.flag.store(true, Ordering::Release);
-        for w in std::mem::take(&mut *self.wakers.lock().unwrap()) {
-            w.wake();
-        }
-    }
-}
-
 /// One round on a current-thread runtime: spawn `TASKS` tasks awaiting
 /// `make_wait()`, let every one of them register, cancel, and take the time
 /// from just before the cancel to the completion of the last task.
@@ -388,44 +348,17 @@ where
     C: FnOnce(),
 {
     rt.block_on(async {
-        let started = Arc::new(AtomicUsize::new(0));
-        let finished = Arc::new(AtomicUsize::new(0));
-        let end = Arc::new(Mutex::new(None::<Instant>));
-        let all_done = Arc::new(tokio::sync::Notify::new());
-        for _ in 0..TASKS {
-            let fut = make_wait();
-            let (s, f, e, n) = (
-                started.clone(),
-                finished.clone(),
-                end.clone(),
-                all_done.clone(),
-            );
-            tokio::spawn(async move {
-                s.fetch_add(1, Ordering::Relaxed);
-                fut.await;
-                if f.fetch_add(1, Ordering::Relaxed) + 1 == TASKS {
-                    *e.lock().unwrap() = Some(Instant::now());
-                    n.notify_one();
-                }
-            });
-        }
-        // Every task increments `started` and registers in the same poll.
-        while started.load(Ordering::Relaxed) < TASKS {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(finished.load(Ordering::Relaxed), 0);
+        let round = spawn_waiters(make_wait).await;
         let t0 = Instant::now();
         cancel();
-        all_done.notified().await;
-        let end = end.lock().unwrap().unwrap();
+        round.all_done.notified().await;
+        let end = round.end.lock().unwrap().unwrap();
         ns(end - t0)
     })
 }
 
 fn w8() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let rounds = reps(300, 30);
     // Round by round in turn, as in W7.
     let mut lat: [Vec<f64>; 4] = Default::default();

@@ -21,15 +21,16 @@
 //!
 //! counts exactly that part (spawning and registering the tasks excluded).
 
+mod support;
+
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskCx, Poll, Waker};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ctxtree::Context;
+use support::bare_wake::{current_thread, spawn_waiters, Bare, BareWait, TASKS};
 
 fn main() {
     let Ok(w) = std::env::var("CTXTREE_PROFILE") else {
@@ -114,14 +115,6 @@ fn main() {
 
 // ---- W8 / L8 -----------------------------------------------------------------
 
-const TASKS: usize = 1000;
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a current-thread runtime")
-}
-
 /// One round of `bulk.rs`'s `wake_many_round`, without the clock: spawn
 /// `TASKS` tasks awaiting `make_wait()` and let every one register, then
 /// `fire` and run until the last task has completed (in `w8_wake`).
@@ -131,30 +124,10 @@ where
     F: Future + Send + 'static,
     C: FnOnce(),
 {
-    let started = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(AtomicUsize::new(0));
-    let all_done = Arc::new(tokio::sync::Notify::new());
-    rt.block_on(async {
-        for _ in 0..TASKS {
-            let fut = make_wait();
-            let (s, f, n) = (started.clone(), finished.clone(), all_done.clone());
-            tokio::spawn(async move {
-                s.fetch_add(1, Ordering::Relaxed);
-                fut.await;
-                if f.fetch_add(1, Ordering::Relaxed) + 1 == TASKS {
-                    n.notify_one();
-                }
-            });
-        }
-        // Every task increments `started` and registers in the same poll.
-        while started.load(Ordering::Relaxed) < TASKS {
-            tokio::task::yield_now().await;
-        }
-    });
+    let round = rt.block_on(spawn_waiters(make_wait));
     // Every task is parked on its wait; nothing runs until `fire`.
-    assert_eq!(finished.load(Ordering::Relaxed), 0);
-    w8_wake(rt, fire, &all_done);
-    assert_eq!(finished.load(Ordering::Relaxed), TASKS);
+    w8_wake(rt, fire, &round.all_done);
+    assert_eq!(round.finished.load(Ordering::Relaxed), TASKS);
 }
 
 /// The timed part of W8: from the cancel to the completion of the last task.
@@ -164,40 +137,4 @@ fn w8_wake(rt: &tokio::runtime::Runtime, fire: impl FnOnce(), all_done: &tokio::
         fire();
         all_done.notified().await;
     });
-}
-
-/// `bulk.rs`'s bare one-shot wake-all primitive (W8's floor): a flag and a
-/// mutex-guarded waker list.
-#[derive(Default)]
-struct Bare {
-    flag: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-struct BareWait(Arc<Bare>, bool);
-
-impl Future for BareWait {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<()> {
-        if self.0.flag.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        if !self.1 {
-            self.0.wakers.lock().unwrap().push(cx.waker().clone());
-            self.1 = true;
-            if self.0.flag.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    }
-}
-
-impl Bare {
-    fn fire(&self) {
-        self.flag.store(true, Ordering::Release);
-        for w in std::mem::take(&mut *self.wakers.lock().unwrap()) {
-            w.wake();
-        }
-    }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod bare_wake;
 pub mod mutex_port;
 
 use std::io::Write;
