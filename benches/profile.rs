@@ -7,10 +7,20 @@
 //! CTXTREE_PROFILE=W2 valgrind --tool=callgrind target/bench/release/deps/profile-*[!.d]
 //! ```
 //!
-//! Workloads: W1, W2, W3, W5, W6, W8, W10 (ctxtree only), and L8 (W8's
-//! floor: the bare flag + `Mutex<Vec<Waker>>` of `bulk.rs`); `N` sets the
-//! iteration count (default 100,000; W8 and L8 run `N / 1000` rounds of
-//! 1,000 tasks).
+//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10 (ctxtree only), L7 (W7's
+//! floor: a flag + `thread::park`/`unpark`) and L8 (W8's floor: the bare
+//! flag + `Mutex<Vec<Waker>>` of `bulk.rs`); `N` sets the iteration count
+//! (default 100,000; W7 and L7 run `N / 100` rounds of one blocked thread,
+//! W8 and L8 `N / 1000` rounds of 1,000 tasks).
+//!
+//! W7 and L7 are for counting system calls per wake-up, e.g.
+//!
+//! ```sh
+//! CTXTREE_PROFILE=W7 N=10000 strace -f -c -e trace=futex target/bench/release/deps/profile-*[!.d]
+//! ```
+//!
+//! (each round also spawns and joins a thread, which L7 pays alike, so the
+//! difference W7 − L7 is what the context's wake-up adds).
 //!
 //! W8 and L8 run the part that `bulk.rs` times, from the cancel to the
 //! completion of the last task, inside `w8_wake` and nothing else, so
@@ -95,6 +105,34 @@ fn main() {
                 drop(black_box(ctx));
             }
         }
+        "W7" => {
+            for _ in 0..n / 100 {
+                let (ctx, h) = parent.with_cancel();
+                w7_round(
+                    move || {
+                        black_box(ctx.wait());
+                    },
+                    |_| h.cancel(),
+                );
+            }
+        }
+        "L7" => {
+            for _ in 0..n / 100 {
+                let flag = Arc::new(AtomicBool::new(false));
+                let f2 = flag.clone();
+                w7_round(
+                    move || {
+                        while !f2.load(Ordering::Acquire) {
+                            std::thread::park();
+                        }
+                    },
+                    |t| {
+                        flag.store(true, Ordering::Release);
+                        t.unpark();
+                    },
+                );
+            }
+        }
         "W8" => {
             let rt = current_thread();
             for _ in 0..n / TASKS {
@@ -111,6 +149,36 @@ fn main() {
         }
         other => panic!("unknown workload {other}"),
     }
+}
+
+// ---- W7 / L7 -----------------------------------------------------------------
+
+/// One round of `bulk.rs`'s `wake_round`, without the clock: a thread
+/// blocks in `wait`, and once it has had time to sleep in the kernel the
+/// main thread runs `wake` (in `w7_wake`) and joins it.
+fn w7_round<W, C>(wait: W, wake: C)
+where
+    W: FnOnce() + Send + 'static,
+    C: FnOnce(&std::thread::Thread),
+{
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = ready.clone();
+    let waiter = std::thread::spawn(move || {
+        r2.store(true, Ordering::Release);
+        wait();
+    });
+    while !ready.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    std::thread::sleep(Duration::from_micros(300));
+    w7_wake(wake, waiter.thread());
+    waiter.join().unwrap();
+}
+
+/// The waking part of W7: the cancel (or the floor's store + unpark).
+#[inline(never)]
+fn w7_wake<C: FnOnce(&std::thread::Thread)>(wake: C, waiter: &std::thread::Thread) {
+    wake(waiter);
 }
 
 // ---- W8 / L8 -----------------------------------------------------------------

@@ -233,6 +233,206 @@ fn a_wait_racing_with_cancel_never_loses_the_wake_up() {
     });
 }
 
+#[test]
+fn one_thread_waiting_again_and_again_never_loses_the_wake_up() {
+    // The same thread blocks on one context after another: a wake-up meant
+    // for an earlier wait may reach a later one (as a spurious unpark).
+    let rounds = if cfg!(miri) { 5 } else { 2_000 };
+    with_watchdog(120, move || {
+        let (tx, rx) = std::sync::mpsc::channel::<ctxtree::CancelHandle>();
+        let (ctx_tx, ctx_rx) = std::sync::mpsc::channel::<Context>();
+        let canceller = thread::spawn(move || {
+            for handle in rx {
+                handle.cancel();
+            }
+        });
+        let waiter = thread::spawn(move || {
+            for (i, ctx) in ctx_rx.into_iter().enumerate() {
+                let err = if i % 2 == 0 {
+                    ctx.wait()
+                } else {
+                    ctx.wait_deadline(Instant::now() + Duration::from_secs(3600))
+                        .unwrap()
+                };
+                assert_eq!(err, Error::Canceled);
+            }
+        });
+        for _ in 0..rounds {
+            let (ctx, handle) = Context::background().with_cancel();
+            ctx_tx.send(ctx).unwrap();
+            tx.send(handle).unwrap();
+        }
+        drop((tx, ctx_tx));
+        waiter.join().unwrap();
+        canceller.join().unwrap();
+    });
+}
+
+#[test]
+fn a_blocked_wait_ignores_spurious_unparks() {
+    with_watchdog(60, || {
+        let (ctx, handle) = Context::background().with_cancel();
+        let returned = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..2)
+            .map(|i| {
+                let ctx = ctx.clone();
+                let returned = Arc::clone(&returned);
+                thread::spawn(move || {
+                    let err = if i == 0 {
+                        Some(ctx.wait())
+                    } else {
+                        ctx.wait_timeout(Duration::from_secs(3600))
+                    };
+                    returned.fetch_add(1, Ordering::SeqCst);
+                    err
+                })
+            })
+            .collect();
+        thread::sleep(SHORT);
+        for _ in 0..100 {
+            for w in &waiters {
+                w.thread().unpark();
+            }
+            thread::yield_now();
+        }
+        thread::sleep(SHORT);
+        assert_eq!(returned.load(Ordering::SeqCst), 0, "unparked, not done");
+        handle.cancel();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Some(Error::Canceled));
+        }
+    });
+}
+
+#[test]
+fn deadline_waits_time_out_while_other_threads_wait_on_the_same_context() {
+    with_watchdog(60, || {
+        let (ctx, handle) = Context::background().with_cancel();
+        let blocked = {
+            let ctx = ctx.clone();
+            thread::spawn(move || ctx.wait())
+        };
+        let timed: Vec<_> = (0..4)
+            .map(|_| {
+                let ctx = ctx.clone();
+                thread::spawn(move || {
+                    let start = Instant::now();
+                    let deadline = start + SHORT;
+                    let got = ctx.wait_deadline(deadline);
+                    (got, Instant::now() >= deadline)
+                })
+            })
+            .collect();
+        for t in timed {
+            assert_eq!(t.join().unwrap(), (None, true));
+        }
+        assert!(!blocked.is_finished(), "the context is still live");
+        // A timed-out wait left no registration behind that would confuse a
+        // later one: waiting again, then cancelling, wakes every waiter.
+        let again = {
+            let ctx = ctx.clone();
+            thread::spawn(move || ctx.wait_timeout(Duration::from_secs(3600)))
+        };
+        thread::sleep(SHORT);
+        handle.cancel();
+        assert_eq!(blocked.join().unwrap(), Error::Canceled);
+        assert_eq!(again.join().unwrap(), Some(Error::Canceled));
+    });
+}
+
+#[test]
+fn a_thread_blocked_on_a_context_cancelled_by_a_waker_is_woken() {
+    // Cancelling `a` wakes a task whose waker cancels `b`: `b`'s waiters
+    // are notified from inside the notification of `a`'s.
+    struct CancelOnWake(std::sync::Mutex<Option<ctxtree::CancelHandle>>);
+
+    impl Wake for CancelOnWake {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            if let Some(handle) = self.0.lock().unwrap().take() {
+                handle.cancel();
+            }
+        }
+    }
+
+    with_watchdog(60, || {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let on_a = {
+            let a = a.clone();
+            thread::spawn(move || a.wait())
+        };
+        let on_b: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || b.wait())
+            })
+            .collect();
+        let waker = Waker::from(Arc::new(CancelOnWake(std::sync::Mutex::new(Some(
+            cancel_b,
+        )))));
+        let mut done = a.done();
+        assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
+        thread::sleep(SHORT);
+        cancel_a.cancel();
+        assert_eq!(on_a.join().unwrap(), Error::Canceled);
+        for t in on_b {
+            assert_eq!(t.join().unwrap(), Error::Canceled);
+        }
+        assert_eq!(b.err(), Err(Error::Canceled));
+        assert_eq!(poll_done(&mut done, &waker), Poll::Ready(Error::Canceled));
+    });
+}
+
+#[test]
+fn a_wait_in_a_thread_local_destructor_is_woken() {
+    struct WaitOnDrop(
+        Option<(Context, bool)>,
+        std::sync::mpsc::Sender<Option<Error>>,
+    );
+
+    impl Drop for WaitOnDrop {
+        fn drop(&mut self) {
+            if let Some((ctx, with_deadline)) = self.0.take() {
+                let got = if with_deadline {
+                    ctx.wait_deadline(Instant::now() + Duration::from_secs(3600))
+                } else {
+                    Some(ctx.wait())
+                };
+                let _ = self.1.send(got);
+            }
+        }
+    }
+
+    std::thread_local! {
+        static GUARD: std::cell::RefCell<Option<WaitOnDrop>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    with_watchdog(60, || {
+        for with_deadline in [false, true] {
+            let (ctx, handle) = Context::background().with_cancel();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = thread::spawn(move || {
+                GUARD.with(|g| *g.borrow_mut() = Some(WaitOnDrop(Some((ctx, with_deadline)), tx)));
+                // A blocking wait after GUARD was first used: the crate's
+                // own thread-locals are then destroyed before GUARD's
+                // destructor waits (reverse registration order on the
+                // common platforms).
+                let (other, _keep) = Context::background().with_cancel();
+                assert_eq!(other.wait_timeout(Duration::from_millis(1)), None);
+            });
+            thread::sleep(SHORT);
+            handle.cancel();
+            assert_eq!(rx.recv().unwrap(), Some(Error::Canceled));
+            t.join().unwrap();
+        }
+    });
+}
+
 // ---- Done: manual polling --------------------------------------------------
 
 #[test]
