@@ -16,6 +16,13 @@ pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, Atom
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// Threads, for the park/unpark of blocking waits (`node::wait`): loom's
+/// under loom, so a model explores that handshake.
+#[cfg(loom)]
+pub(crate) use loom::thread;
+#[cfg(not(loom))]
+pub(crate) use std::thread;
+
 /// The store-buffering handshake of a list push and a cancel: one thread
 /// does a SeqCst read-modify-write of word X then a SeqCst load of word Y,
 /// the other the same with X and Y swapped; at least one load sees the

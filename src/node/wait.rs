@@ -26,18 +26,10 @@ use std::sync::atomic::AtomicPtr as StdAtomicPtr;
 use std::task::{Context as TaskContext, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::time::Instant;
 
-// Blocked threads park through these (see "Blocking waits" below). Under
-// loom, loom's threads, so a model explores the park/unpark handshake; this
-// module names them itself because only it parks on the core's events.
-#[cfg(loom)]
-use loom::thread;
-#[cfg(not(loom))]
-use std::thread;
-
 use super::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::context::Context;
 use crate::error::Error;
-use crate::sync::{fence, Event, EventListener, Listener, Ordering, UserArc};
+use crate::sync::{fence, thread, Event, EventListener, Listener, Ordering, UserArc};
 
 /// The list entry that carries a node's waiter event. Claims: one for the
 /// owner, one for the list.
