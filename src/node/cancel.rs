@@ -125,7 +125,9 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         let mut merges: Vec<NonNull<CancelNode>> = Vec::new();
         while let Some((node, word)) = first.take().or_else(|| work.pop()) {
             // SAFETY: `root` is held by the caller; every other node came
-            // from a list while pinned (invariant 5).
+            // from the list of a node we hold (whose claim on it stays while
+            // the list is sealed) or from a list we traversed pinned
+            // (invariant 5).
             let c = unsafe { node.as_ref() };
             if c.header.kind == Kind::Deadline {
                 // SAFETY: kind checked.
@@ -140,10 +142,22 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                 continue;
             }
             let child_word = word.borrowed();
-            let sealed = c.children.seal();
+            if node != root {
+                // A node we do not hold may die and drain its list while we
+                // walk it: pin and count the walk before reading its head.
+                guard.traverse();
+            }
+            let mut sealed = c.children.seal();
             if sealed.is_empty() {
                 // A leaf (no children, callbacks or waiters): no pin needed.
                 continue;
+            }
+            if sealed.sweep_in_flight() {
+                // A sweep announced before the seal may still unlink entries
+                // of this sealed list and retire them: read the head again
+                // once pinned, so everything we reach is protected.
+                guard.traverse();
+                sealed = c.children.seal();
             }
             let mut visit = |child: NonNull<CancelNode>| {
                 // SAFETY: reached while pinned.
@@ -158,9 +172,12 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                     Ok(w) | Err(w) => work.push((child, w)),
                 }
             };
-            // SAFETY: pinned for the whole walk.
+            // SAFETY: pinned (before the head was read) unless this is the
+            // root's list with no sweep in flight when it was sealed: then
+            // nothing unlinks its entries while we hold the root (see
+            // `Sealed::for_each`).
             unsafe {
-                sealed.for_each(guard.traverse(), |entry: NonNull<Header>| {
+                sealed.for_each(|entry: NonNull<Header>| {
                     match entry.as_ref().kind {
                         Kind::Cancel | Kind::Deadline | Kind::Merge => {
                             if let Some(child) = as_cancel(entry) {
