@@ -17,10 +17,10 @@ use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ctxtree::Context;
-use support::bare_wake::{current_thread, spawn_waiters, Bare, BareWait};
+use support::bare_wake::{current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait};
 use support::{mutex_port, ns, record, record_check, stats};
 use tokio_util::sync::CancellationToken;
 
@@ -265,18 +265,10 @@ where
     W: FnOnce() + Send + 'static,
     C: FnOnce(&std::thread::Thread),
 {
-    let ready = Arc::new(AtomicBool::new(false));
-    let r2 = ready.clone();
-    let waiter = std::thread::spawn(move || {
-        r2.store(true, Ordering::Release);
+    let waiter = spawn_blocked_waiter(move || {
         wait();
         Instant::now()
     });
-    while !ready.load(Ordering::Acquire) {
-        std::hint::spin_loop();
-    }
-    // Give the waiter time to block for real (park in the kernel).
-    std::thread::sleep(Duration::from_micros(300));
     let t0 = Instant::now();
     cancel(waiter.thread());
     let woke = waiter.join().unwrap();

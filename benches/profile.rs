@@ -40,7 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ctxtree::Context;
-use support::bare_wake::{current_thread, spawn_waiters, Bare, BareWait, TASKS};
+use support::bare_wake::{
+    current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait, TASKS,
+};
 
 fn main() {
     let Ok(w) = std::env::var("CTXTREE_PROFILE") else {
@@ -161,16 +163,7 @@ where
     W: FnOnce() + Send + 'static,
     C: FnOnce(&std::thread::Thread),
 {
-    let ready = Arc::new(AtomicBool::new(false));
-    let r2 = ready.clone();
-    let waiter = std::thread::spawn(move || {
-        r2.store(true, Ordering::Release);
-        wait();
-    });
-    while !ready.load(Ordering::Acquire) {
-        std::hint::spin_loop();
-    }
-    std::thread::sleep(Duration::from_micros(300));
+    let waiter = spawn_blocked_waiter(wait);
     w7_wake(wake, waiter.thread());
     waiter.join().unwrap();
 }

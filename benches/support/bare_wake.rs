@@ -1,6 +1,7 @@
-//! W8's rounds and its floor (`L_tokio_wake_1000`), shared by `bulk.rs`
-//! and `profile.rs`: spawning the waiting tasks, and a bare one-shot
-//! wake-all primitive with no library in between.
+//! The rounds of W7 and W8 and W8's floor (`L_tokio_wake_1000`), shared by
+//! `bulk.rs` and `profile.rs`: a thread blocked in a wait, the waiting
+//! tasks, and a bare one-shot wake-all primitive with no library in
+//! between.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -103,4 +104,25 @@ pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime")
+}
+
+/// W7's setup: spawns a thread that runs `wait` (which blocks), and
+/// returns once that thread has had time to block for real (park in the
+/// kernel).
+pub fn spawn_blocked_waiter<W, R>(wait: W) -> std::thread::JoinHandle<R>
+where
+    W: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = ready.clone();
+    let waiter = std::thread::spawn(move || {
+        r2.store(true, Ordering::Release);
+        wait()
+    });
+    while !ready.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    std::thread::sleep(std::time::Duration::from_micros(300));
+    waiter
 }

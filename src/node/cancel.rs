@@ -124,10 +124,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // cancellation and detach them once the whole walk is over.
         let mut merges: Vec<NonNull<CancelNode>> = Vec::new();
         while let Some((node, word)) = first.take().or_else(|| work.pop()) {
-            // SAFETY: `root` is held by the caller; every other node came
-            // from the list of a node we hold (whose claim on it stays while
-            // the list is sealed) or from a list we traversed pinned
-            // (invariant 5).
+            // `root` is held by the caller; every other node came from the
+            // list of a node we hold (whose claim on it stays while the list
+            // is sealed) or from a list we traversed pinned (invariant 5).
+            // SAFETY: valid as just said.
             let c = unsafe { node.as_ref() };
             if c.header.kind == Kind::Deadline {
                 // SAFETY: kind checked.
@@ -172,10 +172,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                     Ok(w) | Err(w) => work.push((child, w)),
                 }
             };
-            // SAFETY: pinned (before the head was read) unless this is the
-            // root's list with no sweep in flight when it was sealed: then
-            // nothing unlinks its entries while we hold the root (see
-            // `Sealed::for_each`).
+            // Pinned (before the head was read) unless this is the root's
+            // list with no sweep in flight when it was sealed: then nothing
+            // unlinks its entries while we hold the root.
+            // SAFETY: as just said (see `Sealed::for_each`).
             unsafe {
                 sealed.for_each(|entry: NonNull<Header>| {
                     match entry.as_ref().kind {

@@ -248,10 +248,10 @@ fn guarded_raw(waker: Waker) -> RawWaker {
 fn poll_guarded(listener: &mut EventListener, waker: &Waker) -> Poll<()> {
     match slot_of(waker.vtable()) {
         Some(i) => {
-            // SAFETY: `waker.data()` belongs to a waker of vtable
-            // `INNER[i]`, as the guard functions of slot `i` require. The
-            // view is never dropped, so it releases no reference it does not
-            // own, and it does not outlive `waker`.
+            // `waker.data()` belongs to a waker of vtable `INNER[i]`, as the
+            // guard functions of slot `i` require. The view is never dropped
+            // (it releases no reference it does not own) nor outlives `waker`.
+            // SAFETY: as just said.
             let view = ManuallyDrop::new(unsafe {
                 Waker::from_raw(RawWaker::new(waker.data(), &GUARDS[i]))
             });
