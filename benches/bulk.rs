@@ -15,12 +15,13 @@ mod support;
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ctxtree::Context;
-use support::bare_wake::{current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait};
+use support::bare_wake::{
+    bare_park_pair, current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait,
+};
 use support::{mutex_port, ns, record, record_check, stats};
 use tokio_util::sync::CancellationToken;
 
@@ -308,19 +309,8 @@ fn w7() {
         ));
 
         // The limit: a bare flag + thread::park/unpark (futex) round trip.
-        let flag = Arc::new(AtomicBool::new(false));
-        let f2 = flag.clone();
-        lat[3].push(wake_round(
-            move || {
-                while !f2.load(Ordering::Acquire) {
-                    std::thread::park();
-                }
-            },
-            |t| {
-                flag.store(true, Ordering::Release);
-                t.unpark();
-            },
-        ));
+        let (wait, wake) = bare_park_pair();
+        lat[3].push(wake_round(wait, wake));
     }
     record(FILE, "W7_wake_latency", "ctxtree", "ns", stats(&lat[0]));
     record(FILE, "W7_wake_latency", "tokio-util", "ns", stats(&lat[1]));

@@ -35,13 +35,13 @@ mod support;
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ctxtree::Context;
 use support::bare_wake::{
-    current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait, TASKS,
+    bare_park_pair, current_thread, spawn_blocked_waiter, spawn_waiters, Bare, BareWait, TASKS,
 };
 
 fn main() {
@@ -120,19 +120,8 @@ fn main() {
         }
         "L7" => {
             for _ in 0..n / 100 {
-                let flag = Arc::new(AtomicBool::new(false));
-                let f2 = flag.clone();
-                w7_round(
-                    move || {
-                        while !f2.load(Ordering::Acquire) {
-                            std::thread::park();
-                        }
-                    },
-                    |t| {
-                        flag.store(true, Ordering::Release);
-                        t.unpark();
-                    },
-                );
+                let (wait, wake) = bare_park_pair();
+                w7_round(wait, wake);
             }
         }
         "W8" => {

@@ -126,3 +126,24 @@ where
     std::thread::sleep(std::time::Duration::from_micros(300));
     waiter
 }
+
+/// W7's floor (`L_park_unpark`): a waiter that parks until a flag is set,
+/// and the waker that sets it and unparks the waiter's thread.
+pub fn bare_park_pair() -> (
+    impl FnOnce() + Send + 'static,
+    impl FnOnce(&std::thread::Thread),
+) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f2 = flag.clone();
+    (
+        move || {
+            while !f2.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+        },
+        move |t: &std::thread::Thread| {
+            flag.store(true, Ordering::Release);
+            t.unpark();
+        },
+    )
+}
