@@ -124,9 +124,8 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // cancellation and detach them once the whole walk is over.
         let mut merges: Vec<NonNull<CancelNode>> = Vec::new();
         while let Some((node, word)) = first.take().or_else(|| work.pop()) {
-            // `root` is held by the caller; every other node came from the
-            // list of a node we hold (whose claim on it stays while the list
-            // is sealed) or from a list we traversed pinned (invariant 5).
+            // `root` is held by the caller; every other node came from a list
+            // we traversed pinned and counted (invariant 5).
             // SAFETY: valid as just said.
             let c = unsafe { node.as_ref() };
             if c.header.kind == Kind::Deadline {
@@ -142,22 +141,18 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                 continue;
             }
             let child_word = word.borrowed();
-            if node != root {
-                // A node we do not hold may die and drain its list while we
-                // walk it: pin and count the walk before reading its head.
-                guard.traverse();
-            }
-            let mut sealed = c.children.seal();
+            // Pin and count the walk before the first read of any list head,
+            // the root's included (invariant 5). The count is the walker's
+            // half of the handshake with a dying node's immediate drain: a
+            // node that dies after this point sees the walk and retires its
+            // entries through the epoch, one that died before is seen marked
+            // in its parent's list and never entered. A node reached through
+            // a list read before the count (the root's, unpinned) could die,
+            // see no walk and free its entries under us.
+            let pinned = guard.traverse();
+            let sealed = c.children.seal();
             if sealed.is_empty() {
-                // A leaf (no children, callbacks or waiters): no pin needed.
                 continue;
-            }
-            if sealed.sweep_in_flight() {
-                // A sweep announced before the seal may still unlink entries
-                // of this sealed list and retire them: read the head again
-                // once pinned, so everything we reach is protected.
-                guard.traverse();
-                sealed = c.children.seal();
             }
             let mut visit = |child: NonNull<CancelNode>| {
                 // SAFETY: reached while pinned.
@@ -172,12 +167,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                     Ok(w) | Err(w) => work.push((child, w)),
                 }
             };
-            // Pinned (before the head was read) unless this is the root's
-            // list with no sweep in flight when it was sealed: then nothing
-            // unlinks its entries while we hold the root.
-            // SAFETY: as just said (see `Sealed::for_each`).
+            // SAFETY: pinned and counted before the head was read, until the
+            // end of the walk (see `Sealed::for_each`).
             unsafe {
-                sealed.for_each(|entry: NonNull<Header>| {
+                sealed.for_each(pinned, |entry: NonNull<Header>| {
                     match entry.as_ref().kind {
                         Kind::Cancel | Kind::Deadline | Kind::Merge => {
                             if let Some(child) = as_cancel(entry) {

@@ -138,9 +138,8 @@ pub(crate) struct ChildList {
     garbage: AtomicU64,
 }
 
-/// A sealed list, ready to be walked: its first entry, and whether a sweep
-/// announced before the seal was still running when the head was read.
-pub(crate) struct Sealed(*mut Header, bool);
+/// A sealed list, ready to be walked: its first entry.
+pub(crate) struct Sealed(*mut Header);
 
 impl ChildList {
     pub(crate) fn new() -> Self {
@@ -227,7 +226,7 @@ impl ChildList {
             if head.addr() & SEALED != 0 {
                 // Already sealed (by a canceller we are helping, or at
                 // creation): the Acquire load above is enough.
-                return Sealed(untag(head), head.addr() & SWEEPING != 0);
+                return Sealed(untag(head));
             }
             // An empty list is complete as soon as it is sealed: nothing
             // below it to walk (saves `mark_complete` on leaf nodes).
@@ -242,7 +241,7 @@ impl ChildList {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Sealed(untag(head), head.addr() & SWEEPING != 0),
+                Ok(_) => return Sealed(untag(head)),
                 Err(actual) => {
                     head = actual;
                     spin_hint();
@@ -541,24 +540,17 @@ impl Sealed {
         self.0.is_null()
     }
 
-    /// True if a sweep was running when the head was read. No sweep starts
-    /// on a sealed list, so when this is false nobody but the dying owner
-    /// ever unlinks an entry of this list again.
-    pub(crate) fn sweep_in_flight(&self) -> bool {
-        self.1
-    }
-
     /// Calls `f` on every entry not marked when visited. Entries marked
     /// while we walk may or may not be visited; entries are never added
     /// (invariant 3).
     ///
     /// # Safety
-    /// Either the caller was pinned before the head was read and stays
-    /// pinned for the whole walk, or the caller holds the list's owner (so
-    /// it does not die and drain the list) and `!self.sweep_in_flight()`:
-    /// then no entry is unlinked while we walk, and the list's claims keep
-    /// every entry valid (invariant 5).
-    pub(crate) unsafe fn for_each(&self, mut f: impl FnMut(NonNull<Header>)) {
+    /// The caller was pinned by `_guard`, and counted as a walk in flight
+    /// (`WalkGuard::traverse`), before the head was read, and stays so for
+    /// the whole walk: an entry unlinked under us (by a sweep announced
+    /// before the seal, or by the dying owner's drain, which sees the walk
+    /// counted) is released through the epoch, after we unpin (invariant 5).
+    pub(crate) unsafe fn for_each(&self, _guard: &Guard, mut f: impl FnMut(NonNull<Header>)) {
         let mut curr = self.0;
         while let Some(entry) = NonNull::new(untag(curr)) {
             // SAFETY: see the contract.
