@@ -144,6 +144,15 @@ pub mod __private {
         crate::node::LIVE_CLAIMS.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Nodes allocated and not yet freed, process-wide, counting those
+    /// whose release still waits in an epoch bag (unlike
+    /// [`live_claims`]): the retained node memory. Loom and debug builds
+    /// only.
+    #[cfg(any(loom, debug_assertions))]
+    pub fn allocated_nodes() -> isize {
+        crate::node::ALLOCATED_NODES.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Same as [`live_claims`] (older name used by some tests).
     #[cfg(any(loom, debug_assertions))]
     pub fn live_nodes() -> isize {

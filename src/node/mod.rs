@@ -552,7 +552,8 @@ pub(crate) unsafe fn release_claims_later(nodes: Unlinked, guard: &Guard) {
         Unlinked::One(h) => Batch::One(SendPtr(h)),
         Unlinked::Many(v) => Batch::Many(v.into_iter().map(SendPtr).collect()),
     };
-    count_claims(-(batch.len() as isize));
+    let len = batch.len();
+    count_claims(-(len as isize));
     // SAFETY: the claims keep the nodes valid until the closure runs; it
     // runs once, after every thread pinned now has unpinned.
     unsafe {
@@ -564,6 +565,57 @@ pub(crate) unsafe fn release_claims_later(nodes: Unlinked, guard: &Guard) {
             }
         })
     };
+    retention::deferred(len, guard);
+}
+
+/// Bounds the retired node memory a thread keeps out of reach of the other
+/// threads' collections.
+///
+/// A deferred function sits in the deferring thread's local bag, which
+/// crossbeam-epoch hands to the global queue only when it is full (64
+/// functions) or when the thread flushes or exits: a thread that retired a
+/// large batch and then went idle would keep every node of it allocated,
+/// since no other thread can run its bag. So each thread counts the
+/// entries it deferred since its last flush, and flushes (moving the bag
+/// to the global queue, where any thread's collection runs it) once they
+/// reach [`FLUSH_AFTER`](retention::FLUSH_AFTER). A thread then keeps at
+/// most that many retired entries in its bag. Not under loom: the count is
+/// a plain thread-local, and a flush only changes *when* crossbeam runs
+/// what it was handed, never whether.
+mod retention {
+    use crate::sync::Guard;
+
+    /// Entries a thread may keep deferred in its local bag.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(super) const FLUSH_AFTER: usize = 64;
+
+    #[cfg(not(loom))]
+    std::thread_local! {
+        static SINCE_FLUSH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// `n` more entries were deferred through `guard`.
+    #[inline]
+    pub(super) fn deferred(n: usize, guard: &Guard) {
+        #[cfg(not(loom))]
+        {
+            // `try_with`: a thread-local destructor may drop a context after
+            // this key is gone; then flush each time (rare, and correct).
+            let due = SINCE_FLUSH
+                .try_with(|c| {
+                    let total = c.get() + n;
+                    let due = total >= FLUSH_AFTER;
+                    c.set(if due { 0 } else { total });
+                    due
+                })
+                .unwrap_or(true);
+            if due {
+                guard.flush();
+            }
+        }
+        #[cfg(loom)]
+        let _ = (n, guard);
+    }
 }
 
 /// Entries unlinked by one sweep, whose list claims are released together
@@ -627,6 +679,23 @@ unsafe impl Send for SendPtr {}
 pub(crate) static LIVE_CLAIMS: std::sync::atomic::AtomicIsize =
     std::sync::atomic::AtomicIsize::new(0);
 
+/// Nodes allocated and not yet freed (given back to the allocator or to
+/// the thread's block cache), process-wide; loom and debug builds only.
+/// Unlike [`LIVE_CLAIMS`], a node whose last claim sits in an epoch bag
+/// still counts: it measures retained memory.
+#[cfg(any(loom, debug_assertions))]
+pub(crate) static ALLOCATED_NODES: std::sync::atomic::AtomicIsize =
+    std::sync::atomic::AtomicIsize::new(0);
+
+#[inline]
+#[cfg_attr(not(any(loom, debug_assertions)), allow(unused_variables))]
+fn count_allocated(delta: isize) {
+    // Relaxed: a statistic for tests, read after the threads it counts
+    // have been joined or have signalled through a channel.
+    #[cfg(any(loom, debug_assertions))]
+    ALLOCATED_NODES.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[inline]
 #[cfg_attr(not(any(loom, debug_assertions)), allow(unused_variables))]
 fn count_claims(delta: isize) {
@@ -650,6 +719,7 @@ pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
         .claims
         .load(Ordering::Relaxed);
     count_claims(isize::from(claims as i16));
+    count_allocated(1);
     node
 }
 
@@ -681,6 +751,7 @@ pub(crate) unsafe fn free_with_claims(h: NonNull<Header>) {
 /// Nobody can reach `h` any more, and `h` came from [`alloc`] of the type
 /// its kind names.
 unsafe fn free(h: NonNull<Header>) {
+    count_allocated(-1);
     #[cfg(loom)]
     {
         // SAFETY: valid until now (under loom the memory is never given
