@@ -21,7 +21,7 @@ export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-prov
 
 # tree.rs's four 1,000,000-deep chain tests (2,000 deep under Miri) take
 # ~25 s each there and exercise the same code as its shorter tests; they
-# run natively on a 256 KiB stack instead. smoke.rs, leaks.rs and stress.rs
+# run natively on a 256 KiB stack instead. leaks.rs, retention.rs and stress.rs
 # are native-only (sizes, a global allocator, wall-clock bounds).
 cargo +nightly miri test \
     --test cancel --test values --test after_func --test tree \

@@ -132,9 +132,10 @@ impl Link {
 /// A node's list of entries (see the module docs).
 pub(crate) struct ChildList {
     head: AtomicPtr<Header>,
-    /// Bits 0..24: marked entries not yet unlinked (approximate, see
-    /// invariant 6). Bits 24..32: sweeps in progress (invariant 5). High 32
-    /// bits: the dead count that triggers the next sweep (0: `MIN_SWEEP`).
+    /// Low 32 bits (`DEAD_MASK`): marked entries not yet unlinked
+    /// (approximate, see invariant 6). High 32 bits: the dead count that
+    /// triggers the next sweep (0: `MIN_SWEEP`). A sweep in progress is
+    /// announced on the head (`SWEEPING`), not here.
     garbage: AtomicU64,
 }
 
