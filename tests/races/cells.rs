@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ctxtree::{__private, AfterFunc, CancelHandle, Cause, Context, Done, Error};
 
-use super::harness::{self, Budget, Report, Rng, TimerPlan};
+use super::harness::{self, Budget, Patience, Report, Rng, TimerPlan};
 
 // ---- The axes ---------------------------------------------------------------
 
@@ -112,6 +112,9 @@ pub enum Reentry {
 pub enum Action {
     /// Drops at once.
     Drop,
+    /// Spins on `is_done()` until the target is done, then drops at once:
+    /// the tightest "woken waiter drops its context" there is.
+    WatchDrop,
     /// Waits until done, checks the outcome, drops.
     WaitDrop(WaitKind),
     /// Derives a child of the target and drops it.
@@ -186,8 +189,9 @@ impl Landing {
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::Drop,
+        Action::WatchDrop,
         Action::WaitDrop(WaitKind::Thread),
         Action::WaitDrop(WaitKind::Timeout),
         Action::WaitDrop(WaitKind::Future),
@@ -208,6 +212,7 @@ impl Action {
     fn name(self) -> &'static str {
         match self {
             Action::Drop => "drop",
+            Action::WatchDrop => "watch-drop",
             Action::WaitDrop(WaitKind::Thread) => "wait-drop",
             Action::WaitDrop(WaitKind::Timeout) => "wait-timeout-drop",
             Action::WaitDrop(WaitKind::Future) => "done-future-drop",
@@ -455,6 +460,12 @@ pub struct PartB {
     round: usize,
     cancel: Option<CancelHandle>,
     fire: Option<Context>,
+    /// Older siblings of N (the first `parent_siblings`), then of the
+    /// shape's child.
+    siblings: Vec<Context>,
+    parent_siblings: usize,
+    /// B's cancel covers P's subtree, N's siblings included.
+    cancels_parent: bool,
 }
 
 /// Polls `fut` once with `waker`.
@@ -468,12 +479,18 @@ fn build(
     cell: Cell,
     round: usize,
     deadline: Instant,
+    rng: &mut Rng,
     tally: &Arc<Tally>,
 ) -> (PartA, PartB, Arc<Slot>) {
     let slot = Arc::new(Slot::default());
     let (g, gh) = Context::background().with_cancel();
     let (p, ph) = g.with_cancel();
     drop(g);
+    // Older siblings of N (0 to 7, owned by B): the walk of P visits N
+    // first and then them, so the time between the walk reaching N and
+    // entering N's list varies from case to case.
+    let mut siblings: Vec<Context> = (0..rng.below(8)).map(|_| p.with_cancel().0).collect();
+    let parent_siblings = siblings.len();
     let mut partner = None;
     let (n, nh) = match cell.shape {
         Shape::Merged => {
@@ -502,6 +519,13 @@ fn build(
         reentrant: None,
         slot: Arc::clone(&slot),
     };
+    if matches!(
+        cell.shape,
+        Shape::Children | Shape::MarkedGrandchild | Shape::Value
+    ) {
+        // The same one level down, for the child the shape adds.
+        siblings.extend((0..rng.below(4)).map(|_| a.target.with_cancel().0));
+    }
     match cell.shape {
         Shape::Waiter => {
             let mut done = a.target.done();
@@ -539,6 +563,9 @@ fn build(
         round,
         cancel: None,
         fire: None,
+        siblings,
+        parent_siblings,
+        cancels_parent: matches!(cell.landing, Landing::Parent | Landing::Grandparent),
     };
     match cell.landing {
         Landing::Node => b.cancel = Some(nh.clone()),
@@ -640,6 +667,11 @@ impl Wake for Reentrant {
 /// watchdog fires long before, this only keeps the wait bounded.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
+/// Spins of [`Action::WatchDrop`] before it gives up: B cancels within a
+/// few microseconds of the barrier, this is seconds (the watchdog is the
+/// real bound).
+const WATCH_LIMIT: u32 = 1 << 30;
+
 /// Checks that `ctx` is done with an allowed outcome from `round`, and
 /// that `err()` and `cause()` agree; returns the cause.
 fn check_done(cell: Cell, ctx: &Context, round: usize, what: &str) -> Cause {
@@ -709,6 +741,16 @@ fn side_a(cell: Cell, a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
     let reads = rng.below(4);
     let seen: Option<Error> = match cell.action {
         Action::Drop => None,
+        Action::WatchDrop => {
+            let mut spins = 0u32;
+            let mut patience = Patience::new();
+            while !a.target.is_done() {
+                spins += 1;
+                assert!(spins < WATCH_LIMIT, "{cell}: the target never became done");
+                patience.tick();
+            }
+            None
+        }
         Action::WaitDrop(kind) => Some(match kind {
             WaitKind::Thread => a.target.wait(),
             WaitKind::Timeout => a
@@ -846,12 +888,18 @@ fn drop_all(a: PartA, order: u64) {
 }
 
 /// Thread B's side of a round: the landing.
-fn side_b(b: PartB, tally: &Arc<Tally>) {
+fn side_b(cell: Cell, b: PartB, tally: &Arc<Tally>) {
     if let Some(h) = &b.cancel {
         h.cancel_with_cause(cause(Tag::B, b.round, tally));
     }
     if let Some(n) = &b.fire {
         assert!(__private::fire_deadline(n), "not a deadline context");
+    }
+    if b.cancels_parent {
+        // Every descendant is done when `cancel` returns.
+        for s in &b.siblings[..b.parent_siblings] {
+            assert!(s.is_done(), "{cell}: a sibling of N is not done after cancel");
+        }
     }
 }
 
@@ -942,7 +990,7 @@ pub fn run(cell: Cell, budget: &Budget) -> Report {
             budget,
             &plan,
             seed,
-            |round, deadline, _| build(cell, round, deadline, &tally),
+            |round, deadline, rng| build(cell, round, deadline, rng, &tally),
             |a, rng| side_a(cell, a, rng, &tally),
             drop,
             |slots| check_batch(cell, slots, &tally),
@@ -951,9 +999,9 @@ pub fn run(cell: Cell, budget: &Budget) -> Report {
         harness::race_pairs(
             budget,
             seed,
-            |round, _| build(cell, round, Instant::now() + FAR, &tally),
+            |round, rng| build(cell, round, Instant::now() + FAR, rng, &tally),
             |a, rng| side_a(cell, a, rng, &tally),
-            |b, _| side_b(b, &tally),
+            |b, _| side_b(cell, b, &tally),
             |slots| {
                 if let Err(e) = check_batch(cell, &slots, &tally) {
                     panic!("{cell}: {e}");

@@ -78,10 +78,11 @@ impl Budget {
     }
 
     /// Seconds the watchdog gives one cell: its time budget and its minimum
-    /// rounds at a pessimistic 2 ms each (a sanitizer on a loaded machine),
-    /// plus a margin for building and the final checks.
+    /// rounds at a pessimistic 10 ms each (a sanitizer on a machine with
+    /// more runnable threads than cores, where a round can cost a
+    /// scheduling period), plus a margin for building and the checks.
     pub fn watchdog_secs(&self) -> u64 {
-        30 + self.time.as_secs() + (self.min_rounds as u64 * 2) / 1000
+        60 + self.time.as_secs() + (self.min_rounds as u64 * 10) / 1000
     }
 }
 
@@ -137,6 +138,44 @@ pub fn spin(n: u64) {
     black_box(x);
 }
 
+/// Spin-wait pacing: pure spinning for the first [`Patience::SPIN`], then
+/// a `yield_now` every 1024 ticks. The other side is then descheduled or
+/// blocked (a woken thread waiting for a core), and spinning on would only
+/// keep it from running. Yielding early is worse: on a loaded machine a
+/// yield can give the core away for a whole time slice, and the round it
+/// happens in no longer races at all (yielding after 4096 spins made the
+/// matrix miss the crash of issue 9, which it catches without).
+pub struct Patience {
+    ticks: u32,
+    since: Option<Instant>,
+}
+
+impl Patience {
+    /// How long to spin before yielding.
+    pub const SPIN: Duration = Duration::from_micros(200);
+
+    pub fn new() -> Patience {
+        Patience {
+            ticks: 0,
+            since: None,
+        }
+    }
+
+    /// One turn of a spin-wait loop.
+    #[inline]
+    pub fn tick(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % 1024 != 0 {
+            return;
+        }
+        match self.since {
+            None => self.since = Some(Instant::now()),
+            Some(t) if t.elapsed() >= Self::SPIN => thread::yield_now(),
+            Some(_) => {}
+        }
+    }
+}
+
 /// A two-party barrier on one counter, reused round after round: at round
 /// `r` each side adds one and spins until the counter reaches `2 (r + 1)`.
 /// A side that panics raises `abort`, so the other stops spinning.
@@ -160,20 +199,14 @@ impl Barrier2 {
         // relies on nothing more; the library's own ordering is under test).
         self.arrived.fetch_add(1, Ordering::AcqRel);
         let target = 2 * (round + 1);
-        let mut spins = 0u32;
+        let mut patience = Patience::new();
         while self.arrived.load(Ordering::Acquire) < target {
             // Relaxed: a stop flag; the panic it reports is propagated by
             // the thread join, which synchronises.
             if self.abort.load(Ordering::Relaxed) {
                 return false;
             }
-            spins += 1;
-            // On a machine with fewer free cores than spinning threads the
-            // other side may be descheduled: stop burning its time slice.
-            if spins >= 1 << 12 {
-                spins = 0;
-                thread::yield_now();
-            }
+            patience.tick();
         }
         true
     }
@@ -358,6 +391,12 @@ where
                     let half = window / 2;
                     let offset = Duration::from_nanos(rng.below(window.as_nanos() as u64 + 1));
                     let at = (deadline - half) + offset;
+                    // Sleep most of the way (cheap for the other workers),
+                    // spin the last stretch (precise).
+                    let far = at.saturating_duration_since(Instant::now());
+                    if far > Duration::from_micros(500) {
+                        thread::sleep(far - Duration::from_micros(300));
+                    }
                     while Instant::now() < at {
                         spin(64);
                     }
