@@ -2,12 +2,13 @@
 # AddressSanitizer over the race matrix (tests/races.rs) and, if present, the
 # soak (tests/soak.rs).
 #
-# Builds the test binaries optimised, with debug assertions (so the matrix
-# also checks the live node count, `__private::live_claims`), under
-# `-Zsanitizer=address` and `--cfg ctxtree_sanitize`, which turns off the
-# per-thread block cache (src/node/cache.rs): ASan only sees frees that
-# reach the allocator, and a block parked in the cache and handed out again
-# would hide a use-after-free. Then:
+# Builds the test binaries optimised, with debug assertions in ctxtree only
+# (so the matrix also checks the live node count, `__private::live_claims`;
+# the dependencies stay plain release), under `-Zsanitizer=address` and
+# `--cfg ctxtree_sanitize`, which turns off the per-thread block cache
+# (src/node/cache.rs): ASan only sees frees that reach the allocator, and a
+# block parked in the cache and handed out again would hide a
+# use-after-free. Then:
 #   1. runs the #[ignore]d deliberate use-after-free alone and requires an
 #      ASan heap-use-after-free report: proof that the sanitizer is on;
 #   2. runs the race matrix with a longer budget (CTXTREE_RACE_MS per cell,
@@ -23,8 +24,11 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR=target/asan
 export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes --cfg ctxtree_sanitize"
-export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
-export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+# Debug info, so that a report names the access, free and allocation sites
+# by file:line.
+export CARGO_PROFILE_RELEASE_DEBUG=true
+# Debug assertions for ctxtree (and its test targets) only.
+profile=(--config 'profile.release.package.ctxtree.debug-assertions=true')
 # halt_on_error: stop at the first report (ASan's exit code is 1).
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 # The explicit target keeps build scripts and proc macros uninstrumented.
@@ -37,7 +41,7 @@ fi
 
 t0=$(date +%s)
 build_log=$(mktemp)
-cargo +nightly test --target "$target" --release "${tests[@]}" --no-run 2>&1 | tee "$build_log"
+cargo +nightly test "${profile[@]}" --target "$target" --release "${tests[@]}" --no-run 2>&1 | tee "$build_log"
 bin_of() {
     sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p" "$build_log" | tail -n1
 }

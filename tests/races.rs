@@ -100,10 +100,12 @@ fn run_matrix(test: &str, select: impl Fn(&Cell) -> bool) {
             .expect("the cell reported");
         if budget.verbose {
             say(&format!(
-                "races: {cell}: {} rounds in {} batches, {} ms",
+                "races: {cell}: {} rounds in {} batches, {} ms ({} ms racing, {} waits yielded)",
                 report.rounds,
                 report.batches,
-                report.elapsed.as_millis()
+                report.elapsed.as_millis(),
+                report.racing.as_millis(),
+                report.yields
             ));
         }
         ran += 1;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ctxtree::{__private, AfterFunc, CancelHandle, Cause, Context, Done, Error};
 
-use super::harness::{self, Budget, Patience, Report, Rng, TimerPlan};
+use super::harness::{self, spin, Budget, Patience, Report, Rng, TimerPlan};
 
 // ---- The axes ---------------------------------------------------------------
 
@@ -54,7 +54,8 @@ pub enum Shape {
     /// N is `P.merge(&Q)` with Q the root of another tree.
     Merged,
     /// N is a deadline node (its timer armed: far away unless the timer
-    /// thread is the landing).
+    /// thread is the landing) with a child and a grandchild under it, owned
+    /// by A, so that a firing has a list to walk into.
     Deadline,
 }
 
@@ -443,7 +444,7 @@ impl Wake for SlotWaker {
 pub struct PartA {
     round: usize,
     target: Context,
-    /// Descendants of the target (children, value and marked shapes).
+    /// Descendants of the target (children, marked, value, deadline shapes).
     below: Vec<Context>,
     /// The waiter shape's registered `Done`.
     waiter: Option<Done>,
@@ -486,10 +487,15 @@ fn build(
     let (g, gh) = Context::background().with_cancel();
     let (p, ph) = g.with_cancel();
     drop(g);
-    // Older siblings of N (0 to 7, owned by B): the walk of P visits N
-    // first and then them, so the time between the walk reaching N and
-    // entering N's list varies from case to case.
-    let mut siblings: Vec<Context> = (0..rng.below(8)).map(|_| p.with_cancel().0).collect();
+    // Older siblings of N (owned by B; usually 0 to 3, one case in four up
+    // to 31): the walk of P visits N first and then them, so the time
+    // between the walk reaching N and entering N's list varies from case
+    // to case, from nothing to about a microsecond.
+    let n_siblings = match rng.below(4) {
+        0 => rng.below(32),
+        _ => rng.below(4),
+    };
+    let mut siblings: Vec<Context> = (0..n_siblings).map(|_| p.with_cancel().0).collect();
     let parent_siblings = siblings.len();
     let mut partner = None;
     let (n, nh) = match cell.shape {
@@ -521,7 +527,7 @@ fn build(
     };
     if matches!(
         cell.shape,
-        Shape::Children | Shape::MarkedGrandchild | Shape::Value
+        Shape::Children | Shape::MarkedGrandchild | Shape::Value | Shape::Deadline
     ) {
         // The same one level down, for the child the shape adds.
         siblings.extend((0..rng.below(4)).map(|_| a.target.with_cancel().0));
@@ -540,7 +546,7 @@ fn build(
                 drop(count);
             }));
         }
-        Shape::Children => {
+        Shape::Children | Shape::Deadline => {
             let (c, _) = a.target.with_cancel();
             let (gc, _) = c.with_cancel();
             a.below = vec![c, gc];
@@ -557,7 +563,7 @@ fn build(
             let (w, _) = a.target.with_cancel();
             a.below = vec![w];
         }
-        Shape::Leaf | Shape::Merged | Shape::Deadline => {}
+        Shape::Leaf | Shape::Merged => {}
     }
     let mut b = PartB {
         round,
@@ -730,13 +736,17 @@ fn check_value(cell: Cell, ctx: &Context, round: usize) {
     }
 }
 
-/// Thread A's side of a round. Its random choices are made before it acts,
-/// and only checks that `deep` asks for stand between the action and the
-/// drops: the window in which a walk is inside a node its owner drops can
-/// be a few instructions wide (the crash of issue 9 needed the drop right
-/// after the wake-up), so half the rounds drop at once.
+/// Thread A's side of a round. Its random choices are made before it acts.
+/// Between the action and the drops stand only a random spin (none in half
+/// the rounds) and, in one round in four, the deep checks: the window in
+/// which a walk is inside a node its owner drops can be a few tens of
+/// nanoseconds wide, at a distance from the wake-up that depends on what
+/// the walk still has to do (the crash of issue 9 needed the dying
+/// thread's check of the walk count to fall just before the walker's
+/// count), so the drop must come at once or after a spread of delays.
 fn side_a(cell: Cell, a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
-    let deep = rng.below(2) == 0;
+    let deep = rng.below(4) == 0;
+    let after = if rng.below(2) == 0 { 0 } else { rng.offset() };
     let order = rng.below(3);
     let reads = rng.below(4);
     let seen: Option<Error> = match cell.action {
@@ -836,6 +846,7 @@ fn side_a(cell: Cell, a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
         }
         Action::Reenter(_) => Some(a.target.wait()),
     };
+    spin(after);
     if let (Some(err), true) = (seen, deep) {
         let cancelled = cell.action == Action::CancelOther;
         assert_eq!(
@@ -898,7 +909,10 @@ fn side_b(cell: Cell, b: PartB, tally: &Arc<Tally>) {
     if b.cancels_parent {
         // Every descendant is done when `cancel` returns.
         for s in &b.siblings[..b.parent_siblings] {
-            assert!(s.is_done(), "{cell}: a sibling of N is not done after cancel");
+            assert!(
+                s.is_done(),
+                "{cell}: a sibling of N is not done after cancel"
+            );
         }
     }
 }

@@ -92,6 +92,12 @@ pub struct Report {
     pub rounds: usize,
     pub batches: usize,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time the racers were racing (between sending a
+    /// batch and both reporting it done).
+    pub racing: Duration,
+    /// Barrier waits (two per round) that outlasted `Patience::SPIN` and
+    /// yielded: the other racer was descheduled or blocked.
+    pub yields: usize,
 }
 
 /// A xorshift generator: deterministic per seed, one per thread.
@@ -114,15 +120,15 @@ impl Rng {
         self.next() % n.max(1)
     }
 
-    /// A spin length from a few to thousands of iterations, spread over
-    /// three scales so that short offsets (the two sides within a few
-    /// instructions of each other) are as frequent as long ones.
+    /// A spin length from a few to thousands of iterations, log-uniform:
+    /// below `2^k` for `k` drawn uniformly in `0..=13`. Every scale of the
+    /// distance between the two sides, from a few instructions to several
+    /// microseconds, is then about as frequent as any other; a window of a
+    /// hundred nanoseconds a few hundred nanoseconds off the barrier is hit
+    /// far more often than with offsets drawn from a few fixed ranges.
     pub fn offset(&mut self) -> u64 {
-        match self.below(4) {
-            0 => self.below(16),
-            1 => self.below(256),
-            _ => self.below(4096),
-        }
+        let k = self.below(14);
+        self.below(1 << k)
     }
 }
 
@@ -148,6 +154,7 @@ pub fn spin(n: u64) {
 pub struct Patience {
     ticks: u32,
     since: Option<Instant>,
+    yielded: bool,
 }
 
 impl Patience {
@@ -158,7 +165,13 @@ impl Patience {
         Patience {
             ticks: 0,
             since: None,
+            yielded: false,
         }
+    }
+
+    /// True once this wait has yielded.
+    pub fn yielded(&self) -> bool {
+        self.yielded
     }
 
     /// One turn of a spin-wait loop.
@@ -170,7 +183,10 @@ impl Patience {
         }
         match self.since {
             None => self.since = Some(Instant::now()),
-            Some(t) if t.elapsed() >= Self::SPIN => thread::yield_now(),
+            Some(t) if t.elapsed() >= Self::SPIN => {
+                self.yielded = true;
+                thread::yield_now();
+            }
             Some(_) => {}
         }
     }
@@ -182,6 +198,8 @@ impl Patience {
 pub struct Barrier2 {
     arrived: AtomicUsize,
     abort: AtomicBool,
+    /// Waits that had to yield (the other side was off its core).
+    yields: AtomicUsize,
 }
 
 impl Barrier2 {
@@ -189,6 +207,7 @@ impl Barrier2 {
         Barrier2 {
             arrived: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
+            yields: AtomicUsize::new(0),
         }
     }
 
@@ -207,6 +226,10 @@ impl Barrier2 {
                 return false;
             }
             patience.tick();
+        }
+        if patience.yielded() {
+            // Relaxed: a statistic, read after the racers are joined.
+            self.yields.fetch_add(1, Ordering::Relaxed);
         }
         true
     }
@@ -321,12 +344,14 @@ where
                     vb.push(pb);
                     vk.push(k);
                 }
+                let sent = Instant::now();
                 if to_a.send(va).is_err() || to_b.send(vb).is_err() {
                     return; // a racer died: its join reports why
                 }
                 if done_rx.recv().is_err() || done_rx.recv().is_err() {
                     return;
                 }
+                report.racing += sent.elapsed();
                 report.rounds += budget.batch;
                 report.batches += 1;
                 check(vk);
@@ -341,6 +366,7 @@ where
         }
     });
     report.elapsed = start.elapsed();
+    report.yields = barrier.yields.load(Ordering::Relaxed);
     report
 }
 
@@ -422,9 +448,11 @@ where
                     vb.push(pb);
                     vk.push(k);
                 }
+                let sent = Instant::now();
                 if to_a.send((deadline, va)).is_err() || done_rx.recv().is_err() {
                     return;
                 }
+                report.racing += sent.elapsed();
                 vb.into_iter().for_each(&mut finish);
                 let settled_by = Instant::now() + plan.settle;
                 loop {
