@@ -56,7 +56,7 @@ fn run_matrix(test: &str, select: impl Fn(&Cell) -> bool) {
     let _serial = serial();
     let budget = Budget::from_env();
     let (mut ran, mut impossible, mut elsewhere, mut filtered) = (0, 0, 0, 0);
-    let mut rounds = 0;
+    let (mut rounds, mut cut_short) = (0, 0);
     let start = Instant::now();
     for cell in cells::product() {
         if cell.impossible().is_some() {
@@ -110,14 +110,19 @@ fn run_matrix(test: &str, select: impl Fn(&Cell) -> bool) {
         }
         ran += 1;
         rounds += report.rounds;
+        if report.rounds < budget.min_rounds {
+            cut_short += 1;
+        }
     }
     say(&format!(
         "races: {test}: {ran} cells, {rounds} rounds, {:.1} s (budget {} ms and >= {} rounds \
-         per cell; {impossible} impossible combinations, {elsewhere} in the other test, \
-         {filtered} filtered out; live-node check: {})",
+         per cell, at most {} ms; {cut_short} cells cut short by that; {impossible} impossible \
+         combinations, {elsewhere} in the other test, {filtered} filtered out; live-node \
+         check: {})",
         start.elapsed().as_secs_f64(),
         budget.time.as_millis(),
         budget.min_rounds,
+        budget.max_time.as_millis(),
         if cfg!(debug_assertions) {
             "on"
         } else {

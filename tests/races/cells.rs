@@ -14,7 +14,7 @@
 //!
 //! Thread B cancels where the landing says (or fires N's deadline; or the
 //! timer thread does), thread A does the action to the target and then
-//! drops everything it owns, in a random order. The builder keeps only
+//! drops everything it owns, in one of three orders. The builder keeps only
 //! counters, so the last drop of every node happens on A or B (or inside
 //! the walk), never on the builder.
 

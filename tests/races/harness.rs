@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 ///
 /// - `CTXTREE_RACE_MS`: time per cell in milliseconds (default 40);
 /// - `CTXTREE_RACE_MIN_ROUNDS`: rounds per cell at least, whatever the
-///   time (default 1000: one batch);
+///   time (default 1000: one batch)...
+/// - `CTXTREE_RACE_MAX_MS`: ...unless the cell has run this long (default
+///   five times `CTXTREE_RACE_MS`): on a machine busy with other work the
+///   racers wait for cores and rounds get slow, and the run stays bounded
+///   (the summary counts the cells cut short);
 /// - `CTXTREE_RACE_BATCH`: cases built per batch (default 1000);
 /// - `CTXTREE_RACE_SEED`: base seed of the generators (default fixed);
 /// - `CTXTREE_RACE_CELLS`: comma-separated substrings; only cells whose
@@ -38,6 +42,7 @@ use std::time::{Duration, Instant};
 pub struct Budget {
     pub time: Duration,
     pub min_rounds: usize,
+    pub max_time: Duration,
     pub batch: usize,
     pub seed: u64,
     pub filter: Vec<String>,
@@ -62,9 +67,11 @@ impl Budget {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
+        let ms = num("CTXTREE_RACE_MS", 40);
         Budget {
-            time: Duration::from_millis(num("CTXTREE_RACE_MS", 40)),
+            time: Duration::from_millis(ms),
             min_rounds: num("CTXTREE_RACE_MIN_ROUNDS", 1000) as usize,
+            max_time: Duration::from_millis(num("CTXTREE_RACE_MAX_MS", ms.saturating_mul(5))),
             batch: (num("CTXTREE_RACE_BATCH", 1000) as usize).max(1),
             seed: num("CTXTREE_RACE_SEED", 0x9E37_79B9_7F4A_7C15),
             filter,
@@ -77,12 +84,17 @@ impl Budget {
         self.filter.is_empty() || self.filter.iter().any(|f| name.contains(f.as_str()))
     }
 
-    /// Seconds the watchdog gives one cell: its time budget and its minimum
-    /// rounds at a pessimistic 10 ms each (a sanitizer on a machine with
-    /// more runnable threads than cores, where a round can cost a
-    /// scheduling period), plus a margin for building and the checks.
+    /// True while a cell that has run `rounds` rounds for `elapsed` must
+    /// go on with another batch.
+    pub fn more(&self, rounds: usize, elapsed: Duration) -> bool {
+        (rounds < self.min_rounds || elapsed < self.time) && elapsed < self.max_time
+    }
+
+    /// Seconds the watchdog gives one cell: its longest run plus a margin
+    /// for the last batch (at a pessimistic 10 ms a round: a sanitizer on a
+    /// machine with more runnable threads than cores) and the checks.
     pub fn watchdog_secs(&self) -> u64 {
-        60 + self.time.as_secs() + (self.min_rounds as u64 * 10) / 1000
+        60 + self.max_time.max(self.time).as_secs() + (self.batch as u64 * 10) / 1000
     }
 }
 
@@ -159,7 +171,7 @@ pub struct Patience {
 
 impl Patience {
     /// How long to spin before yielding.
-    pub const SPIN: Duration = Duration::from_micros(200);
+    pub const SPIN: Duration = Duration::from_micros(50);
 
     pub fn new() -> Patience {
         Patience {
@@ -264,7 +276,7 @@ fn join<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
 /// and a random spin. After each batch (both sides done with it, so every
 /// case part is dropped) `check` gets the batch's check data. Runs whole
 /// batches until `budget.time` has passed and at least `budget.min_rounds`
-/// rounds ran.
+/// rounds ran, or `budget.max_time` has passed.
 pub fn race_pairs<A, B, K>(
     budget: &Budget,
     seed: u64,
@@ -332,7 +344,7 @@ where
 
         let mut rng = Rng::new(seed);
         let builder = panic::catch_unwind(AssertUnwindSafe(|| {
-            while report.rounds < budget.min_rounds || start.elapsed() < budget.time {
+            while budget.more(report.rounds, start.elapsed()) {
                 let (mut va, mut vb, mut vk) = (
                     Vec::with_capacity(budget.batch),
                     Vec::with_capacity(budget.batch),
@@ -439,7 +451,7 @@ where
 
         let mut rng = Rng::new(seed);
         let builder = panic::catch_unwind(AssertUnwindSafe(|| {
-            while report.rounds < budget.min_rounds || start.elapsed() < budget.time {
+            while budget.more(report.rounds, start.elapsed()) {
                 let deadline = Instant::now() + plan.lead;
                 let (mut va, mut vb, mut vk) = (Vec::new(), Vec::new(), Vec::new());
                 for i in 0..plan.batch {
