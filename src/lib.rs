@@ -95,6 +95,9 @@ mod sync;
 #[cfg(not(loom))]
 mod timer;
 
+#[cfg(not(loom))]
+pub mod group;
+
 #[cfg(all(feature = "tower", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod integrations;
