@@ -11,6 +11,7 @@
 //! | piece | feature | what it does |
 //! |---|---|---|
 //! | [`ServerLayer`] | `tower` | per-request child of a server root; deadline = min(cap, `grpc-timeout`); cancelled with [`ClientDisconnected`] or [`RequestFinished`]; optional 504 / `DEADLINE_EXCEEDED` on expiry |
+//! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
 //! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends (`io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |
 //! | [`Outcome`] | `tower` | how a request context ended: finished, client disconnected, deadline, shutdown |
@@ -63,6 +64,7 @@ mod client;
 pub mod grpc_timeout;
 mod outcome;
 mod server;
+mod shutdown;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -77,6 +79,7 @@ pub use client::{
 };
 pub use outcome::{ClientDisconnected, Outcome, RequestFinished, Shutdown};
 pub use server::{ResponseFuture, ServerLayer, ServerService};
+pub use shutdown::{ShutdownHandle, ShutdownReport};
 
 /// The README's examples, compiled and run as doctests with the features on.
 #[cfg(doctest)]

@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use crate::integrations::body::{ContextBody, RequestGuard};
 use crate::integrations::grpc_timeout::{self, Header};
+use crate::integrations::shutdown::{ShutdownHandle, Tracker};
 use crate::{Context, Done, Error};
 
 /// A [`tower::Layer`](tower_layer::Layer) that gives every request a
@@ -79,6 +80,7 @@ pub struct ServerLayer {
     max_timeout: Option<Duration>,
     abort: bool,
     stats: Arc<Stats>,
+    tracker: Option<Arc<Tracker>>,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +103,49 @@ impl ServerLayer {
             max_timeout: None,
             abort: false,
             stats: Arc::default(),
+            tracker: None,
         }
+    }
+
+    /// A layer whose root is a new child of `parent`, and the
+    /// [`ShutdownHandle`] that drains it: [`ServerLayer::new`] on
+    /// [`ShutdownHandle::root`], then [`graceful`](Self::graceful).
+    ///
+    /// Go equivalent: an `http.Server` (whose `Shutdown` drains it) with
+    /// `BaseContext` returning the root.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// let (layer, shutdown) = ServerLayer::with_shutdown(&Context::background());
+    /// let layer = layer.max_timeout(Duration::from_secs(30));
+    /// // ... serve with `layer`; on SIGTERM:
+    /// let report = shutdown.shutdown_blocking(Duration::from_secs(10));
+    /// assert!(!report.forced);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_shutdown(parent: &Context) -> (ServerLayer, ShutdownHandle) {
+        let shutdown = ShutdownHandle::new(parent);
+        let layer = ServerLayer::new(shutdown.root().clone()).graceful(&shutdown);
+        (layer, shutdown)
+    }
+
+    /// Counts this layer's in-flight requests in `shutdown`, and refuses
+    /// new requests once it is closed (`503 Service Unavailable` with
+    /// `connection: close`; gRPC: status 14 `UNAVAILABLE`), without
+    /// calling the handler. Several layers may share one handle. Build the
+    /// layer on [`shutdown.root()`](ShutdownHandle::root) (or a descendant)
+    /// for the forced phase of the shutdown to reach its requests.
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::{ServerLayer, ShutdownHandle}};
+    /// let shutdown = ShutdownHandle::new(&Context::background());
+    /// let layer = ServerLayer::new(shutdown.root().clone()).graceful(&shutdown);
+    /// # let _ = layer;
+    /// ```
+    pub fn graceful(mut self, shutdown: &ShutdownHandle) -> ServerLayer {
+        self.tracker = Some(Arc::clone(shutdown.tracker()));
+        self
     }
 
     /// Caps every request's time: its deadline is at most `timeout` after
@@ -246,6 +290,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> ResponseFuture<S::Future> {
+        let token = match &self.layer.tracker {
+            None => None,
+            Some(tracker) => match tracker.enter() {
+                Some(token) => Some(token),
+                None => return ResponseFuture::refused(is_grpc(&req)),
+            },
+        };
         let (ctx, handle) = self.derive(req.headers());
         let deadline = if self.layer.abort && ctx.deadline().is_some() {
             Some(ctx.done())
@@ -256,9 +307,10 @@ where
         req.extensions_mut().insert(ctx);
         ResponseFuture {
             inner: Some(self.inner.call(req)),
-            guard: Some(RequestGuard::new(handle)),
+            guard: Some(RequestGuard::new(handle, token)),
             deadline,
             grpc,
+            refused: false,
         }
     }
 }
@@ -290,6 +342,20 @@ pin_project_lite::pin_project! {
         guard: Option<RequestGuard>,
         deadline: Option<Done>,
         grpc: bool,
+        refused: bool,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// The answer to a request that arrives after shutdown began.
+    fn refused(grpc: bool) -> ResponseFuture<F> {
+        ResponseFuture {
+            inner: None,
+            guard: None,
+            deadline: None,
+            grpc,
+            refused: true,
+        }
     }
 }
 
@@ -311,6 +377,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if std::mem::take(this.refused) {
+            return Poll::Ready(Ok(refused_response(*this.grpc)));
+        }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             // Polled after completion: stay pending rather than panic.
             return Poll::Pending;
@@ -352,6 +421,28 @@ where
         }
         Poll::Pending
     }
+}
+
+/// The answer to a request refused during shutdown: 503 and
+/// `connection: close`, or gRPC status 14 trailers-only.
+fn refused_response<B>(grpc: bool) -> Response<ContextBody<B>> {
+    let mut response = Response::new(ContextBody::empty());
+    let headers = response.headers_mut();
+    if grpc {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("server%20shutting%20down"),
+        );
+    } else {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
 }
 
 /// The answer of `abort_on_deadline`: 504, or gRPC status 4 trailers-only.

@@ -1,0 +1,214 @@
+//! End-to-end tests of the server author's toolkit (issue 13) over real
+//! sockets on 127.0.0.1: graceful drain, whole-call client deadlines,
+//! deadline headers beyond gRPC, nested layers and the request-end hook.
+//! Every test is bounded by a 20 s watchdog; request counts are small.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use ctxtree::integrations::{Outcome, ServerLayer};
+use ctxtree::Context;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Fails the test instead of hanging CI.
+async fn watchdog<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("watchdog: test took longer than 20 s")
+}
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Serves `router` (already layered) on 127.0.0.1:0; the task ends with the runtime.
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn get_text(
+    client: &HttpClient,
+    url: String,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+// ---- drain at shutdown ---------------------------------------------------
+
+type Started = mpsc::UnboundedSender<()>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_in_flight_requests_and_refuses_new_ones() {
+    watchdog(async {
+        const N: usize = 3;
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+        // The handlers finish when `release` is closed (all senders dropped).
+        let (release_tx, release_rx) = tokio::sync::watch::channel(());
+        let router = Router::new()
+            .route(
+                "/",
+                get(
+                    |State((started, mut release)): State<(
+                        Started,
+                        tokio::sync::watch::Receiver<()>,
+                    )>,
+                     ctx: Context| async move {
+                        let _ = started.send(());
+                        while release.changed().await.is_ok() {}
+                        format!("{}", Outcome::of(&ctx))
+                    },
+                ),
+            )
+            .with_state((started_tx, release_rx));
+        let (layer, shutdown) = ServerLayer::with_shutdown(&Context::background());
+        let addr = serve(router.layer(layer)).await;
+        let client = client();
+        let requests: Vec<_> = (0..N)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { get_text(&client, format!("http://{addr}/"), &[]).await })
+            })
+            .collect();
+        for _ in 0..N {
+            started_rx.recv().await.unwrap();
+        }
+        assert_eq!(shutdown.in_flight(), N);
+
+        let draining = tokio::spawn(shutdown.shutdown(Duration::from_secs(15)));
+        // Closed at once: a new request is refused without reaching a handler.
+        while !shutdown.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        let (status, headers, _) = get_text(&client, format!("http://{addr}/"), &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["connection"], "close");
+        let (status, headers, _) = get_text(
+            &client,
+            format!("http://{addr}/"),
+            &[("content-type", "application/grpc")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["grpc-status"], "14", "gRPC: UNAVAILABLE");
+        assert!(
+            !draining.is_finished(),
+            "shutdown returned with requests in flight"
+        );
+        assert_eq!(shutdown.in_flight(), N);
+
+        drop(release_tx); // the handlers finish within the grace period
+        let report = draining.await.unwrap();
+        assert!(!report.forced, "{report:?}");
+        assert_eq!(report.still_running, 0);
+        assert_eq!(shutdown.in_flight(), 0);
+        for r in requests {
+            let (status, _, body) = r.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            // They ran to the end: their context was still running.
+            assert_eq!(body, "running");
+        }
+        assert!(shutdown.root().is_done());
+        assert!(shutdown.drained().is_done());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_period_the_root_is_cancelled_with_shutdown() {
+    watchdog(async {
+        const N: usize = 3;
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+        let router = Router::new()
+            .route(
+                "/",
+                get(|State(started): State<Started>, ctx: Context| async move {
+                    let _ = started.send(());
+                    ctx.done().await; // ignores everything but its context
+                    format!("{}", Outcome::of(&ctx))
+                }),
+            )
+            .with_state(started_tx);
+        let (layer, shutdown) = ServerLayer::with_shutdown(&Context::background());
+        let addr = serve(router.layer(layer)).await;
+        let client = client();
+        let requests: Vec<_> = (0..N)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { get_text(&client, format!("http://{addr}/"), &[]).await })
+            })
+            .collect();
+        for _ in 0..N {
+            started_rx.recv().await.unwrap();
+        }
+        let report = shutdown.shutdown(Duration::from_millis(50)).await;
+        assert!(report.forced);
+        assert_eq!(report.in_flight_at_grace_end, N);
+        assert_eq!(report.still_running, 0, "{report:?}");
+        for r in requests {
+            let (status, _, body) = r.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "server shutting down");
+        }
+    })
+    .await;
+}
+
+#[test]
+fn shutdown_blocking_works_without_an_async_caller() {
+    // The server runs on a runtime; the shutdown is driven from a plain thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (layer, shutdown) = ServerLayer::with_shutdown(&Context::background());
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+    let router = Router::new()
+        .route(
+            "/",
+            get(|State(started): State<Started>, ctx: Context| async move {
+                let _ = started.send(());
+                ctx.done().await;
+                "stopped"
+            }),
+        )
+        .with_state(started_tx)
+        .layer(layer);
+    let addr = rt.block_on(serve(router));
+    let request =
+        rt.spawn(async move { get_text(&client(), format!("http://{addr}/"), &[]).await });
+    rt.block_on(async { watchdog(started_rx.recv()).await.unwrap() });
+    let report = shutdown.shutdown_blocking(Duration::from_millis(20));
+    assert!(report.forced);
+    assert_eq!(report.in_flight_at_grace_end, 1);
+    let (status, _, body) = rt.block_on(watchdog(request)).unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "stopped"));
+}
