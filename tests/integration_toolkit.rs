@@ -13,6 +13,7 @@ use axum::Router;
 use bytes::Bytes;
 use ctxtree::integrations::{Outcome, ServerLayer};
 use ctxtree::Context;
+use futures::StreamExt as _;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -211,4 +212,80 @@ fn shutdown_blocking_works_without_an_async_caller() {
     assert_eq!(report.in_flight_at_grace_end, 1);
     let (status, _, body) = rt.block_on(watchdog(request)).unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "stopped"));
+}
+
+// ---- whole-call client deadlines -----------------------------------------
+
+/// A route whose body sends one chunk, then nothing until the client goes.
+fn trickle_router() -> Router {
+    Router::new().route(
+        "/trickle",
+        get(|| async {
+            let stream = futures::stream::once(async {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                    b"first",
+                )))
+            })
+            .chain(futures::stream::pending());
+            axum::body::Body::new(http_body_util::StreamBody::new(stream))
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_body_reads_end_with_the_context_error() {
+    watchdog(async {
+        let addr = serve(trickle_router()).await;
+        let client = tower::Layer::layer(&ctxtree::integrations::ClientLayer::new(), client());
+
+        // Deadline: the headers and the first chunk arrive, then the body
+        // read fails with TimedOut when the deadline passes.
+        let (ctx, _c) = Context::background().with_timeout(Duration::from_millis(100));
+        let req = http::Request::get(format!("http://{addr}/trickle"))
+            .extension(ctx)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(client.clone(), req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "context deadline exceeded");
+        assert!(
+            body.frame().await.is_none(),
+            "the body ends after the error"
+        );
+
+        // Cancellation with a cause: Interrupted, the cause in the message.
+        let (ctx, cancel) = Context::background().with_cancel();
+        let req = http::Request::get(format!("http://{addr}/trickle"))
+            .extension(ctx)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(client.clone(), req)
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move { resp.into_body().collect().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancel.cancel_with_cause("user pressed stop");
+        let err = reader.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(err.to_string(), "context canceled: user pressed stop");
+
+        // Without a context the body is not bounded (and reads normally).
+        let req = http::Request::get(format!("http://{addr}/trickle"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(client, req).await.unwrap();
+        let mut body = resp.into_body();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "first"
+        );
+    })
+    .await;
 }

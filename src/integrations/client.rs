@@ -9,7 +9,8 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use http::Request;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -164,7 +165,11 @@ impl std::error::Error for ContextError {
 /// - races the call with [`ctx.done()`](Context::done): if the context ends
 ///   first, the call is dropped and fails with the mapped error
 ///   (`DeadlineExceeded` → timed out / `DEADLINE_EXCEEDED`, `Canceled` →
-///   interrupted / `CANCELLED`).
+///   interrupted / `CANCELLED`);
+/// - bounds the *whole* call, body included: the response body is a
+///   [`ClientBody`], whose reads end with that same error once the context
+///   ends (the underlying body is dropped then, which aborts the
+///   transfer), as Go's `resp.Body.Read` does.
 ///
 /// A request with no context passes through untouched. The error type
 /// is chosen by `M`: [`IoErrors`] by default (hyper), or
@@ -183,11 +188,12 @@ impl std::error::Error for ContextError {
 /// // A stand-in for a hyper client: answers with the grpc-timeout it got.
 /// let client = ClientLayer::new().layer(tower::service_fn(|req: http::Request<()>| async move {
 ///     let header = req.headers().get("grpc-timeout").cloned();
-///     Ok::<_, Infallible>(header)
+///     Ok::<_, Infallible>(http::Response::new(header))
 /// }));
 /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
 /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
-/// let sent = client.clone().oneshot(req).await.unwrap().unwrap();
+/// let resp = client.clone().oneshot(req).await.unwrap();
+/// let sent = resp.into_body().into_inner().unwrap().unwrap();
 /// let sent = ctxtree::integrations::grpc_timeout::parse(sent.as_bytes()).unwrap();
 /// assert!(sent <= Duration::from_secs(2));
 ///
@@ -304,12 +310,12 @@ impl<S, M> ClientService<S, M> {
     }
 }
 
-impl<S, B, M> Service<Request<B>> for ClientService<S, M>
+impl<S, B, ResBody, M> Service<Request<B>> for ClientService<S, M>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     M: ErrorMapping<S::Error>,
 {
-    type Response = S::Response;
+    type Response = Response<ClientBody<ResBody, M>>;
     type Error = M::Error;
     type Future = ClientFuture<S::Future, M>;
 
@@ -354,7 +360,7 @@ pin_project_lite::pin_project! {
     /// use tower::{Layer, Service};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let mut client = ClientLayer::new().layer(tower::service_fn(|_req: http::Request<()>| {
-    ///     std::future::pending::<Result<(), std::io::Error>>() // a call that hangs
+    ///     std::future::pending::<Result<http::Response<String>, std::io::Error>>() // a call that hangs
     /// }));
     /// let (ctx, cancel) = Context::background().with_cancel();
     /// let fut = client.call(http::Request::builder().extension(ctx).body(()).unwrap());
@@ -400,12 +406,12 @@ impl<F, M> fmt::Debug for ClientFuture<F, M> {
     }
 }
 
-impl<F, T, E, M> Future for ClientFuture<F, M>
+impl<F, ResBody, E, M> Future for ClientFuture<F, M>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
     M: ErrorMapping<E>,
 {
-    type Output = Result<T, M::Error>;
+    type Output = Result<Response<ClientBody<ResBody, M>>, M::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -420,8 +426,15 @@ where
         // cancellation seen in the same poll (like run_until_done).
         if let Poll::Ready(result) = inner.poll(cx) {
             this.inner.set(None);
-            *this.done = None;
-            return Poll::Ready(result.map_err(M::inner));
+            // The context's waiter moves on to bound the body.
+            let done = this.done.take();
+            return Poll::Ready(match result {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    Ok(Response::from_parts(parts, ClientBody::new(body, done)))
+                }
+                Err(e) => Err(M::inner(e)),
+            });
         }
         if let Some((done, ctx)) = this.done.as_mut() {
             if let Poll::Ready(err) = Pin::new(done).poll(cx) {
@@ -433,5 +446,145 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of a [`ClientService`] call: the transport's body,
+    /// bounded by the call's context. Once the context ends, the next read
+    /// returns the mapped context error (`io::ErrorKind::TimedOut` /
+    /// `Interrupted` with [`IoErrors`], `DEADLINE_EXCEEDED` / `CANCELLED`
+    /// with `GrpcErrors`) and the underlying body is dropped (which aborts
+    /// the transfer); errors of the body itself are mapped like the
+    /// service's. Frames that are ready win over a cancellation seen in the
+    /// same read only while the context is not yet done when the read
+    /// starts.
+    ///
+    /// Go equivalent: `resp.Body.Read` failing with `ctx.Err()` after the
+    /// request's context ends.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, io, time::Duration};
+    /// use ctxtree::{Context, integrations::ClientLayer};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A server that sends its headers at once, then never finishes the body.
+    /// let slow = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///         Result<http_body::Frame<bytes::Bytes>, Infallible>,
+    ///     >());
+    ///     Ok::<_, Infallible>(http::Response::new(body))
+    /// });
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
+    /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+    /// let resp = ClientLayer::new().layer(slow).oneshot(req).await.unwrap(); // headers: fine
+    /// let err: io::Error = resp.into_body().collect().await.unwrap_err(); // body: bounded
+    /// assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    /// # }
+    /// ```
+    pub struct ClientBody<B, M = IoErrors> {
+        #[pin]
+        inner: Option<B>,
+        done: Option<(Done, Context)>,
+        _mapping: PhantomData<fn() -> M>,
+    }
+}
+
+impl<B, M> ClientBody<B, M> {
+    fn new(inner: B, done: Option<(Done, Context)>) -> ClientBody<B, M> {
+        ClientBody {
+            inner: Some(inner),
+            done,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// The transport's body, no longer bounded by the context (`None` if
+    /// the context already ended it).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ctxtree::integrations::ClientLayer::new().layer(tower::service_fn(
+    ///     |_req: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(String::from("hi"))) },
+    /// ));
+    /// let resp = svc.oneshot(http::Request::new(())).await.unwrap();
+    /// assert_eq!(resp.into_body().into_inner().as_deref(), Some("hi"));
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> Option<B> {
+        let ClientBody { inner, .. } = self;
+        inner
+    }
+}
+
+impl<B, M> Body for ClientBody<B, M>
+where
+    B: Body,
+    M: ErrorMapping<B::Error>,
+{
+    type Data = B::Data;
+    type Error = M::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, M::Error>>> {
+        let mut this = self.project();
+        let Some(body) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        // A read that starts after the context ended fails, whatever is
+        // buffered (Go's body reads do the same).
+        if let Some((_, ctx)) = this.done.as_ref() {
+            if let Err(err) = ctx.err() {
+                let cause = ctx.cause();
+                this.inner.set(None);
+                *this.done = None;
+                return Poll::Ready(Some(Err(M::context(err, cause))));
+            }
+        }
+        match body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(M::inner(e)))),
+            Poll::Ready(None) => {
+                // The end: release the context's waiter now.
+                *this.done = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if let Some((done, ctx)) = this.done.as_mut() {
+            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
+                let cause = ctx.cause();
+                // Abort the transfer now, not when the caller drops us.
+                this.inner.set(None);
+                *this.done = None;
+                return Poll::Ready(Some(Err(M::context(err, cause))));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+    }
+}
+
+impl<B, M> fmt::Debug for ClientBody<B, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBody")
+            .field("ended", &self.inner.is_none())
+            .field("bounded", &self.done.is_some())
+            .finish()
     }
 }

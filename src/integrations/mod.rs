@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | [`ServerLayer`] | `tower` | per-request child of a server root; deadline = min(cap, `grpc-timeout`); cancelled with [`ClientDisconnected`] or [`RequestFinished`]; optional 504 / `DEADLINE_EXCEEDED` on expiry |
 //! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
-//! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends (`io::Error` for hyper) |
+//! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends, response body included ([`ClientBody`]; `io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |
 //! | [`Outcome`] | `tower` | how a request context ended: finished, client disconnected, deadline, shutdown |
 //! | `Context: FromRequestParts` (module `axum`) | `axum` | `async fn handler(ctx: Context)` |
@@ -75,7 +75,8 @@ pub mod tonic;
 
 pub use body::ContextBody;
 pub use client::{
-    BoxError, ClientFuture, ClientLayer, ClientService, ContextError, ErrorMapping, IoErrors,
+    BoxError, ClientBody, ClientFuture, ClientLayer, ClientService, ContextError, ErrorMapping,
+    IoErrors,
 };
 pub use outcome::{ClientDisconnected, Outcome, RequestFinished, Shutdown};
 pub use server::{ResponseFuture, ServerLayer, ServerService};
