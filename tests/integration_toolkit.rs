@@ -289,3 +289,148 @@ async fn client_body_reads_end_with_the_context_error() {
     })
     .await;
 }
+
+// ---- deadlines over more than gRPC ---------------------------------------
+
+/// Answers with the time left before the request's deadline, in ms, or "none".
+fn deadline_router() -> Router {
+    Router::new()
+        .route(
+            "/left",
+            get(|ctx: Context| async move {
+                ctx.deadline().map_or("none".to_owned(), |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                        .as_millis()
+                        .to_string()
+                })
+            }),
+        )
+        .route(
+            "/expire",
+            get(|ctx: Context| async move { format!("{}", ctx.done().await) }),
+        )
+        .route(
+            "/headers",
+            get(|headers: http::HeaderMap| async move {
+                let get = |k: &str| {
+                    headers
+                        .get(k)
+                        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+                };
+                format!("{} {}", get("connect-timeout-ms"), get("grpc-timeout"))
+            }),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_proxy_headers_set_the_deadline_and_the_earliest_wins() {
+    use ctxtree::integrations::DeadlineHeader;
+    watchdog(async {
+        let layer = ServerLayer::new(Context::background())
+            .deadline_header(DeadlineHeader::connect())
+            .deadline_header(DeadlineHeader::envoy());
+        let addr = serve(deadline_router().layer(layer.clone())).await;
+        let client = client();
+        let left = |body: String| -> u128 { body.parse().expect("a deadline") };
+
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/left"),
+            &[("connect-timeout-ms", "3000")],
+        )
+        .await;
+        assert!((1..=3000).contains(&left(body.clone())), "{body}");
+
+        // Three sources: the earliest (Envoy's 400 ms) wins.
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/left"),
+            &[
+                ("grpc-timeout", "5S"),
+                ("connect-timeout-ms", "3000"),
+                ("x-envoy-expected-rq-timeout-ms", "400"),
+            ],
+        )
+        .await;
+        assert!((1..=400).contains(&left(body.clone())), "{body}");
+
+        // And it fires.
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/expire"),
+            &[("connect-timeout-ms", "30")],
+        )
+        .await;
+        assert_eq!(body, "context deadline exceeded");
+
+        // Malformed values of every kind: ignored (no deadline) and counted.
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/left"),
+            &[
+                ("grpc-timeout", "10x"),
+                ("connect-timeout-ms", "-1"),
+                ("x-envoy-expected-rq-timeout-ms", "1.5"),
+            ],
+        )
+        .await;
+        assert_eq!(body, "none");
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/left"),
+            &[("connect-timeout-ms", "12345678901")], // 11 digits
+        )
+        .await;
+        assert_eq!(body, "none");
+        assert_eq!(layer.malformed_deadline_headers(), 4);
+        assert_eq!(layer.malformed_grpc_timeouts(), 1);
+
+        // A malformed header does not hide a good one.
+        let (_, _, body) = get_text(
+            &client,
+            format!("http://{addr}/left"),
+            &[("grpc-timeout", "oops"), ("connect-timeout-ms", "900")],
+        )
+        .await;
+        assert!((1..=900).contains(&left(body.clone())), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_layer_writes_the_configured_deadline_headers() {
+    use ctxtree::integrations::{ClientLayer, DeadlineHeader};
+    watchdog(async {
+        let addr = serve(deadline_router()).await;
+        let connect_only = tower::Layer::layer(
+            &ClientLayer::new().deadline_headers([DeadlineHeader::connect()]),
+            client(),
+        );
+        let both = tower::Layer::layer(
+            &ClientLayer::new().deadline_header(DeadlineHeader::connect()),
+            client(),
+        );
+        let call = |svc: ctxtree::integrations::ClientService<HttpClient>, ms| async move {
+            let (ctx, _c) = Context::background().with_timeout(Duration::from_millis(ms));
+            let req = http::Request::get(format!("http://{addr}/headers"))
+                .extension(ctx)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        let sent = call(connect_only, 2000).await;
+        let (ms, grpc) = sent.split_once(' ').unwrap();
+        let ms: u64 = ms.parse().unwrap();
+        assert!((1..=2000).contains(&ms), "{sent}");
+        assert_eq!(grpc, "-");
+
+        let sent = call(both, 2000).await;
+        let (ms, grpc) = sent.split_once(' ').unwrap();
+        assert!((1..=2000).contains(&ms.parse::<u64>().unwrap()), "{sent}");
+        let grpc = ctxtree::integrations::grpc_timeout::parse(grpc.as_bytes()).unwrap();
+        assert!(grpc <= Duration::from_secs(2));
+    })
+    .await;
+}

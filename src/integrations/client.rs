@@ -14,7 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::integrations::grpc_timeout::{self, GRPC_TIMEOUT};
+use std::sync::Arc;
+
+use crate::integrations::deadline_header::DeadlineHeader;
 use crate::{Cause, Context, Done, Error};
 
 /// A boxed error, as tower and hyper use them.
@@ -160,8 +162,10 @@ impl std::error::Error for ContextError {
 /// layer then:
 ///
 /// - fails at once if the context is already done;
-/// - writes `grpc-timeout` from the time left before its deadline (keeping
-///   an existing, smaller header), so the next hop sees the same deadline;
+/// - writes `grpc-timeout` (or the [`DeadlineHeader`]s chosen with
+///   [`deadline_headers`](Self::deadline_headers)) from the time left
+///   before its deadline (keeping an existing, smaller value), so the next
+///   hop sees the same deadline;
 /// - races the call with [`ctx.done()`](Context::done): if the context ends
 ///   first, the call is dropped and fails with the mapped error
 ///   (`DeadlineExceeded` → timed out / `DEADLINE_EXCEEDED`, `Canceled` →
@@ -206,6 +210,7 @@ impl std::error::Error for ContextError {
 /// # }
 /// ```
 pub struct ClientLayer<M = IoErrors> {
+    deadline_headers: Arc<[DeadlineHeader]>,
     _mapping: PhantomData<fn() -> M>,
 }
 
@@ -231,8 +236,62 @@ impl<M> ClientLayer<M> {
     /// ```
     pub fn with_mapping() -> ClientLayer<M> {
         ClientLayer {
+            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
             _mapping: PhantomData,
         }
+    }
+
+    /// Also sends the deadline in `header` (in addition to `grpc-timeout`
+    /// and any added before; a header of the same name is replaced), from
+    /// the time left, rounded up to the header's unit. An existing,
+    /// smaller value on the request is kept.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, time::Duration};
+    /// use ctxtree::{Context, integrations::{ClientLayer, DeadlineHeader}};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A Connect-speaking upstream:
+    /// let client = ClientLayer::new()
+    ///     .deadline_headers([DeadlineHeader::connect()])
+    ///     .layer(tower::service_fn(|req: http::Request<()>| async move {
+    ///         Ok::<_, Infallible>(http::Response::new(req.headers().clone()))
+    ///     }));
+    /// let (ctx, _c) = Context::background().with_timeout(Duration::from_secs(2));
+    /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+    /// let sent = client.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// let ms: u64 = sent["connect-timeout-ms"].to_str().unwrap().parse().unwrap();
+    /// assert!(ms > 0 && ms <= 2000);
+    /// assert!(!sent.contains_key("grpc-timeout")); // replaced, not added
+    /// # }
+    /// ```
+    pub fn deadline_header(mut self, header: DeadlineHeader) -> ClientLayer<M> {
+        let mut set: Vec<DeadlineHeader> = self
+            .deadline_headers
+            .iter()
+            .filter(|h| h.name() != header.name())
+            .cloned()
+            .collect();
+        set.push(header);
+        self.deadline_headers = set.into();
+        self
+    }
+
+    /// Sends the deadline in exactly these headers (replacing the default
+    /// `grpc-timeout`; an empty set sends none, the call is still bounded).
+    ///
+    /// ```
+    /// use ctxtree::integrations::{ClientLayer, DeadlineHeader};
+    /// let layer = ClientLayer::new().deadline_headers([DeadlineHeader::connect()]);
+    /// # let _ = layer;
+    /// ```
+    pub fn deadline_headers<I>(mut self, headers: I) -> ClientLayer<M>
+    where
+        I: IntoIterator<Item = DeadlineHeader>,
+    {
+        self.deadline_headers = headers.into_iter().collect();
+        self
     }
 }
 
@@ -244,13 +303,18 @@ impl Default for ClientLayer<IoErrors> {
 
 impl<M> Clone for ClientLayer<M> {
     fn clone(&self) -> Self {
-        ClientLayer::with_mapping()
+        ClientLayer {
+            deadline_headers: Arc::clone(&self.deadline_headers),
+            _mapping: PhantomData,
+        }
     }
 }
 
 impl<M> fmt::Debug for ClientLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientLayer")
+        f.debug_struct("ClientLayer")
+            .field("deadline_headers", &self.deadline_headers)
+            .finish()
     }
 }
 
@@ -260,6 +324,7 @@ impl<S, M> Layer<S> for ClientLayer<M> {
     fn layer(&self, inner: S) -> ClientService<S, M> {
         ClientService {
             inner,
+            deadline_headers: Arc::clone(&self.deadline_headers),
             _mapping: PhantomData,
         }
     }
@@ -277,6 +342,7 @@ impl<S, M> Layer<S> for ClientLayer<M> {
 /// ```
 pub struct ClientService<S, M = IoErrors> {
     inner: S,
+    deadline_headers: Arc<[DeadlineHeader]>,
     _mapping: PhantomData<fn() -> M>,
 }
 
@@ -284,6 +350,7 @@ impl<S: Clone, M> Clone for ClientService<S, M> {
     fn clone(&self) -> Self {
         ClientService {
             inner: self.inner.clone(),
+            deadline_headers: Arc::clone(&self.deadline_headers),
             _mapping: PhantomData,
         }
     }
@@ -338,12 +405,14 @@ where
                 return ClientFuture::failed(Error::DeadlineExceeded, None);
             }
             let headers = req.headers_mut();
-            let keep = headers
-                .get(GRPC_TIMEOUT)
-                .and_then(|v| grpc_timeout::parse(v.as_bytes()))
-                .is_some_and(|existing| existing <= left);
-            if !keep {
-                headers.insert(GRPC_TIMEOUT, grpc_timeout::encode(left));
+            for h in self.deadline_headers.iter() {
+                let keep = headers
+                    .get(h.name())
+                    .and_then(|v| h.parse(v.as_bytes()))
+                    .is_some_and(|existing| existing <= left);
+                if !keep {
+                    headers.insert(h.name().clone(), h.encode(left));
+                }
             }
         }
         let done = ctx.done();

@@ -14,6 +14,7 @@
 //! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
 //! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends, response body included ([`ClientBody`]; `io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |
+//! | [`DeadlineHeader`] | `tower` | deadlines in other headers: Connect's `Connect-Timeout-Ms`, Envoy's `x-envoy-expected-rq-timeout-ms`, any integer header; chosen per layer |
 //! | [`Outcome`] | `tower` | how a request context ended: finished, client disconnected, deadline, shutdown |
 //! | `Context: FromRequestParts` (module `axum`) | `axum` | `async fn handler(ctx: Context)` |
 //! | module `tonic` | `tonic` | `tonic::request_context`, `ClientLayer::grpc()` (errors as `tonic::Status`) |
@@ -61,6 +62,7 @@
 
 mod body;
 mod client;
+mod deadline_header;
 pub mod grpc_timeout;
 mod outcome;
 mod server;
@@ -78,6 +80,7 @@ pub use client::{
     BoxError, ClientBody, ClientFuture, ClientLayer, ClientService, ContextError, ErrorMapping,
     IoErrors,
 };
+pub use deadline_header::DeadlineHeader;
 pub use outcome::{ClientDisconnected, Outcome, RequestFinished, Shutdown};
 pub use server::{ResponseFuture, ServerLayer, ServerService};
 pub use shutdown::{ShutdownHandle, ShutdownReport};

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::integrations::body::{ContextBody, RequestGuard};
-use crate::integrations::grpc_timeout::{self, Header};
+use crate::integrations::deadline_header::{self, DeadlineHeader};
 use crate::integrations::shutdown::{ShutdownHandle, Tracker};
 use crate::{Context, Done, Error};
 
@@ -29,9 +29,12 @@ use crate::{Context, Done, Error};
 ///   cancelling the root (graceful shutdown, ideally with
 ///   [`Shutdown`](crate::integrations::Shutdown) as the cause) cancels every
 ///   in-flight request;
-/// - a deadline: the earlier of the server's cap ([`max_timeout`](Self::max_timeout))
-///   and the request's `grpc-timeout` header (malformed headers are
-///   ignored and [counted](Self::malformed_grpc_timeouts));
+/// - a deadline: the earliest of the server's cap ([`max_timeout`](Self::max_timeout))
+///   and the request's `grpc-timeout` header, or of every
+///   [`DeadlineHeader`] chosen with [`deadline_header`](Self::deadline_header)
+///   (Connect's `Connect-Timeout-Ms`, Envoy's
+///   `x-envoy-expected-rq-timeout-ms`, …); malformed values are ignored
+///   and [counted](Self::malformed_deadline_headers);
 /// - an end: the context is cancelled with
 ///   [`RequestFinished`](crate::integrations::RequestFinished) when the
 ///   handler returns (for a streaming body: when the body ends), and with
@@ -81,11 +84,15 @@ pub struct ServerLayer {
     abort: bool,
     stats: Arc<Stats>,
     tracker: Option<Arc<Tracker>>,
+    deadline_headers: Arc<[DeadlineHeader]>,
 }
 
 #[derive(Debug, Default)]
 struct Stats {
+    /// Requests with a malformed `grpc-timeout`.
     malformed: AtomicU64,
+    /// Malformed deadline headers, of every configured kind.
+    malformed_any: AtomicU64,
 }
 
 impl ServerLayer {
@@ -104,7 +111,80 @@ impl ServerLayer {
             abort: false,
             stats: Arc::default(),
             tracker: None,
+            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
         }
+    }
+
+    /// Also reads `header` as a deadline (in addition to `grpc-timeout`
+    /// and any added before; a header of the same name is replaced). The
+    /// request's deadline is the earliest of every header and the cap;
+    /// malformed values are ignored and
+    /// [counted](Self::malformed_deadline_headers).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use ctxtree::{Context, integrations::{DeadlineHeader, ServerLayer}};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Behind Envoy, speaking Connect as well as gRPC:
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .deadline_header(DeadlineHeader::connect())
+    ///     .deadline_header(DeadlineHeader::envoy());
+    /// let svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+    ///     let ctx = req.extensions().get::<Context>().unwrap();
+    ///     let left = ctx.deadline().unwrap() - std::time::Instant::now();
+    ///     Ok::<_, Infallible>(http::Response::new(left.as_millis().to_string()))
+    /// }));
+    /// let req = http::Request::builder()
+    ///     .header("connect-timeout-ms", "5000")
+    ///     .header("x-envoy-expected-rq-timeout-ms", "200") // the earliest wins
+    ///     .body(()).unwrap();
+    /// let left = svc.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// assert!(left.parse::<u64>().unwrap() <= 200);
+    /// # }
+    /// ```
+    pub fn deadline_header(mut self, header: DeadlineHeader) -> ServerLayer {
+        let mut set: Vec<DeadlineHeader> = self
+            .deadline_headers
+            .iter()
+            .filter(|h| h.name() != header.name())
+            .cloned()
+            .collect();
+        set.push(header);
+        self.deadline_headers = set.into();
+        self
+    }
+
+    /// Reads exactly these deadline headers (replacing the default
+    /// `grpc-timeout`; an empty set reads none).
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::{DeadlineHeader, ServerLayer}};
+    /// // A Connect-only server: grpc-timeout is not trusted.
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .deadline_headers([DeadlineHeader::connect()]);
+    /// # let _ = layer;
+    /// ```
+    pub fn deadline_headers<I>(mut self, headers: I) -> ServerLayer
+    where
+        I: IntoIterator<Item = DeadlineHeader>,
+    {
+        self.deadline_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// How many deadline header values so far did not parse (and were
+    /// ignored), of every configured header, over every service made by
+    /// this layer and its clones.
+    ///
+    /// ```
+    /// # use ctxtree::integrations::ServerLayer;
+    /// let layer = ServerLayer::new(ctxtree::Context::background());
+    /// assert_eq!(layer.malformed_deadline_headers(), 0);
+    /// ```
+    pub fn malformed_deadline_headers(&self) -> u64 {
+        self.stats.malformed_any.load(Ordering::Relaxed)
     }
 
     /// A layer whose root is a new child of `parent`, and the
@@ -249,15 +329,18 @@ impl<S> ServerService<S> {
     /// The request context for a request with these headers: a child of
     /// the root, with the deadline the layer would give it.
     fn derive(&self, headers: &http::HeaderMap) -> (Context, crate::CancelHandle) {
-        let header = match grpc_timeout::from_headers(headers) {
-            Header::Malformed => {
-                // Relaxed: a statistics counter, ordered with nothing.
-                self.layer.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                None
+        let read = deadline_header::read_all(&self.layer.deadline_headers, headers);
+        if read.malformed > 0 {
+            let stats = &self.layer.stats;
+            // Relaxed: statistics counters, ordered with nothing.
+            stats
+                .malformed_any
+                .fetch_add(u64::from(read.malformed), Ordering::Relaxed);
+            if read.grpc_malformed {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
-            h => h.timeout(),
-        };
-        let timeout = match (header, self.layer.max_timeout) {
+        }
+        let timeout = match (read.timeout, self.layer.max_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
