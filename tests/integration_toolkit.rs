@@ -434,3 +434,116 @@ async fn client_layer_writes_the_configured_deadline_headers() {
     })
     .await;
 }
+
+// ---- nested and per-route layers -----------------------------------------
+
+#[derive(Debug)]
+struct Tenant(&'static str);
+
+/// What middleware between the outer layer and the route would do: attach
+/// a value to the request's context.
+fn tenant_middleware() -> tower::util::MapRequestLayer<
+    fn(http::Request<axum::body::Body>) -> http::Request<axum::body::Body>,
+> {
+    tower::util::MapRequestLayer::new(|mut req: http::Request<axum::body::Body>| {
+        if let Some(ctx) = req.extensions().get::<Context>() {
+            let ctx = ctx.with_value(Tenant("acme"));
+            req.extensions_mut().insert(ctx);
+        }
+        req
+    })
+}
+
+/// "<tenant> <ms left or none>", then waits for the context to end and
+/// reports why through `ended`.
+async fn describe(State(ended): State<mpsc::UnboundedSender<String>>, ctx: Context) -> String {
+    let tenant = ctx.value::<Tenant>().map_or("-", |t| t.0);
+    let left = ctx.deadline().map_or("none".to_owned(), |d| {
+        d.saturating_duration_since(std::time::Instant::now())
+            .as_millis()
+            .to_string()
+    });
+    let _ = ctx.after_func({
+        let ctx = ctx.clone();
+        move || {
+            let _ = ended.send(Outcome::of(&ctx).to_string());
+        }
+    });
+    format!("{tenant} {left}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_route_timeout_keeps_outer_values_and_only_tightens() {
+    watchdog(async {
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
+        let tight = Router::new()
+            .route("/tight", get(describe))
+            .layer(ServerLayer::timeout(Duration::from_millis(300)));
+        let loose = Router::new()
+            .route("/loose", get(describe))
+            .layer(ServerLayer::timeout(Duration::from_secs(60)));
+        let (root, _shutdown) = Context::background().with_cancel();
+        let app = Router::new()
+            .merge(tight)
+            .merge(loose)
+            .with_state(ended_tx)
+            .layer(tenant_middleware())
+            .layer(ServerLayer::new(root).max_timeout(Duration::from_secs(5)));
+        let addr = serve(app).await;
+        let client = client();
+
+        let (_, _, body) = get_text(&client, format!("http://{addr}/tight"), &[]).await;
+        let (tenant, left) = body.split_once(' ').unwrap();
+        assert_eq!(tenant, "acme", "the outer middleware's value is kept");
+        assert!((1..=300).contains(&left.parse::<u64>().unwrap()), "{body}");
+        assert_eq!(ended_rx.recv().await.unwrap(), "request finished");
+
+        let (_, _, body) = get_text(&client, format!("http://{addr}/loose"), &[]).await;
+        let (tenant, left) = body.split_once(' ').unwrap();
+        assert_eq!(tenant, "acme");
+        let left: u64 = left.parse().unwrap();
+        assert!(
+            (1..=5000).contains(&left),
+            "60 s may not loosen the outer 5 s: {body}"
+        );
+        assert_eq!(ended_rx.recv().await.unwrap(), "request finished");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_inside_another_derives_from_the_request_context() {
+    watchdog(async {
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel::<Context>();
+        let router = Router::new()
+            .route(
+                "/",
+                get(
+                    |State(started): State<mpsc::UnboundedSender<Context>>, ctx: Context| async move {
+                        let _ = started.send(ctx.clone());
+                        let err = ctx.done().await;
+                        format!("{} {err} {}", ctx.value::<Tenant>().map_or("-", |t| t.0), Outcome::of(&ctx))
+                    },
+                ),
+            )
+            .with_state(started_tx);
+        // Inner: its own root (say, a per-router shutdown).
+        let (inner_root, stop_inner) = Context::background().with_cancel();
+        let (outer_root, _stop_outer) = Context::background().with_cancel();
+        let app = router
+            .layer(ServerLayer::new(inner_root))
+            .layer(tenant_middleware())
+            .layer(ServerLayer::new(outer_root).max_timeout(Duration::from_secs(30)));
+        let addr = serve(app).await;
+        let request = tokio::spawn(async move { get_text(&client(), format!("http://{addr}/"), &[]).await });
+        let ctx = started_rx.recv().await.unwrap();
+        // The outer deadline and value reach the inner layer's context.
+        assert!(ctx.deadline().is_some(), "the outer 30 s cap is kept");
+        assert_eq!(ctx.value::<Tenant>().map(|t| t.0), Some("acme"));
+        // And the inner layer's own root still ends it.
+        stop_inner.cancel_with_cause(ctxtree::integrations::Shutdown);
+        let (_, _, body) = request.await.unwrap();
+        assert_eq!(body, "acme context canceled server shutting down");
+    })
+    .await;
+}

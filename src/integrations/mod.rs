@@ -11,6 +11,7 @@
 //! | piece | feature | what it does |
 //! |---|---|---|
 //! | [`ServerLayer`] | `tower` | per-request child of a server root; deadline = min(cap, `grpc-timeout`); cancelled with [`ClientDisconnected`] or [`RequestFinished`]; optional 504 / `DEADLINE_EXCEEDED` on expiry |
+//! | [`ServerLayer::timeout`] / [`ServerLayer::nested`] | `tower` | per-route layers: derive from the request's existing context, only tighten its deadline |
 //! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
 //! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends, response body included ([`ClientBody`]; `io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |

@@ -42,6 +42,12 @@ use crate::{Context, Done, Error};
 ///   response future or body is dropped first (client disconnect, HTTP/2
 ///   reset, an outer timeout).
 ///
+/// Inside another layer (the request already carries a [`Context`]), the
+/// request's context derives from that one too, keeping the values and
+/// deadline outer middleware attached; [`ServerLayer::nested`] and
+/// [`ServerLayer::timeout`] make per-route layers with no root of their
+/// own.
+///
 /// On expiry the default is Go's: the handler observes its context and
 /// decides what to answer. With [`abort_on_deadline`](Self::abort_on_deadline)
 /// the layer instead drops the handler and answers `504 Gateway Timeout`
@@ -79,7 +85,8 @@ use crate::{Context, Done, Error};
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
-    root: Context,
+    /// `None` for a [`nested`](ServerLayer::nested) layer.
+    root: Option<Context>,
     max_timeout: Option<Duration>,
     abort: bool,
     stats: Arc<Stats>,
@@ -106,7 +113,7 @@ impl ServerLayer {
     /// ```
     pub fn new(root: Context) -> ServerLayer {
         ServerLayer {
-            root,
+            root: Some(root),
             max_timeout: None,
             abort: false,
             stats: Arc::default(),
@@ -185,6 +192,80 @@ impl ServerLayer {
     /// ```
     pub fn malformed_deadline_headers(&self) -> u64 {
         self.stats.malformed_any.load(Ordering::Relaxed)
+    }
+
+    /// A layer for inside another one (per route, per router): it has no
+    /// root of its own and derives each request's context from the one the
+    /// outer layer gave the request (keeping its values, deadline and
+    /// cancellation), or from `Context::background()` when there is none.
+    /// It reads no deadline header (the outer layer did); give it a
+    /// [`max_timeout`](Self::max_timeout) to *tighten* the deadline for
+    /// its routes — a deadline can only get earlier down the tree — and
+    /// [`abort_on_deadline`](Self::abort_on_deadline) to answer 504 there.
+    ///
+    /// [`ServerLayer::timeout`] is the common case in one call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// # #[derive(Clone)] struct Tenant(&'static str);
+    ///
+    /// let (root, _shutdown) = Context::background().with_cancel();
+    /// let reports = Router::new()
+    ///     .route("/reports", get(|ctx: Context| async move { format!("{:?}", ctx.deadline()) }))
+    ///     .layer(ServerLayer::nested().max_timeout(Duration::from_secs(60)));
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "fast" }))
+    ///     .merge(reports)
+    ///     .layer(ServerLayer::new(root).max_timeout(Duration::from_secs(5)));
+    /// // /reports keeps the outer 5 s: a nested timeout only tightens.
+    /// # let _ = app;
+    /// ```
+    pub fn nested() -> ServerLayer {
+        ServerLayer {
+            root: None,
+            max_timeout: None,
+            abort: false,
+            stats: Arc::default(),
+            tracker: None,
+            deadline_headers: Arc::from([]),
+        }
+    }
+
+    /// A per-route timeout: [`nested`](Self::nested) with
+    /// [`max_timeout`](Self::max_timeout)`(timeout)`. The route's context
+    /// is a child of the request's context whose deadline is the earlier
+    /// of the two, so it keeps every value outer middleware attached.
+    /// Add [`abort_on_deadline`](Self::abort_on_deadline) to answer 504
+    /// instead of letting the handler decide.
+    ///
+    /// Go equivalent: `context.WithTimeout(r.Context(), d)` at the top of
+    /// the handler, or `http.TimeoutHandler` (with `abort_on_deadline`);
+    /// tower: `TimeoutLayer`, which passes no budget downstream.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, time::{Duration, Instant}};
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// #[derive(Debug)] struct UserId(u32);
+    /// let handler = tower::service_fn(|req: http::Request<()>| async move {
+    ///     let ctx = req.extensions().get::<Context>().unwrap();
+    ///     let left = ctx.deadline().unwrap() - Instant::now();
+    ///     Ok::<_, Infallible>(http::Response::new(format!("{} {}", ctx.value::<UserId>().unwrap().0, left.as_secs())))
+    /// });
+    /// let route = ServerLayer::timeout(Duration::from_secs(2)).layer(handler);
+    /// // What an outer ServerLayer and an auth middleware would have left:
+    /// let (outer, _c) = Context::background().with_value(UserId(7)).with_timeout(Duration::from_secs(30));
+    /// let req = http::Request::builder().extension(outer).body(()).unwrap();
+    /// let body = route.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// assert_eq!(body, "7 1"); // the value is kept, the deadline tightened to 2 s
+    /// # }
+    /// ```
+    pub fn timeout(timeout: Duration) -> ServerLayer {
+        ServerLayer::nested().max_timeout(timeout)
     }
 
     /// A layer whose root is a new child of `parent`, and the
@@ -327,8 +408,13 @@ impl<S> ServerService<S> {
     }
 
     /// The request context for a request with these headers: a child of
-    /// the root, with the deadline the layer would give it.
-    fn derive(&self, headers: &http::HeaderMap) -> (Context, crate::CancelHandle) {
+    /// the root and of the context an outer layer gave the request, if
+    /// any, with the deadline the layer would give it.
+    fn derive(
+        &self,
+        headers: &http::HeaderMap,
+        outer: Option<&Context>,
+    ) -> (Context, crate::CancelHandle) {
         let read = deadline_header::read_all(&self.layer.deadline_headers, headers);
         if read.malformed > 0 {
             let stats = &self.layer.stats;
@@ -345,9 +431,26 @@ impl<S> ServerService<S> {
             (a, b) => a.or(b),
         };
         // A timeout too long for `Instant` (e.g. 99999999H) means no deadline.
-        match timeout.and_then(|t| Instant::now().checked_add(t)) {
-            Some(deadline) => self.layer.root.with_deadline(deadline),
-            None => self.layer.root.with_cancel(),
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let derive = |parent: &Context| match deadline {
+            Some(deadline) => parent.with_deadline(deadline),
+            None => parent.with_cancel(),
+        };
+        match (&self.layer.root, outer) {
+            (Some(root), None) => derive(root),
+            (None, Some(outer)) => derive(outer),
+            (None, None) => derive(&Context::background()),
+            // Inside another layer: keep the outer request context (its
+            // values first) and still end with this layer's root.
+            (Some(root), Some(outer)) => {
+                let (both, handle) = outer.merge(root);
+                match deadline {
+                    // The merge node ends when the request's child is
+                    // dropped (nothing else can observe it).
+                    Some(deadline) => both.with_deadline(deadline),
+                    None => (both, handle),
+                }
+            }
         }
     }
 }
@@ -380,7 +483,7 @@ where
                 None => return ResponseFuture::refused(is_grpc(&req)),
             },
         };
-        let (ctx, handle) = self.derive(req.headers());
+        let (ctx, handle) = self.derive(req.headers(), req.extensions().get::<Context>());
         let deadline = if self.layer.abort && ctx.deadline().is_some() {
             Some(ctx.done())
         } else {
