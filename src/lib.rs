@@ -98,6 +98,10 @@ mod timer;
 #[cfg(not(loom))]
 pub mod group;
 
+#[cfg(all(feature = "signal", unix, not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "signal", unix))))]
+pub mod signal;
+
 #[cfg(all(feature = "tower", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod integrations;
