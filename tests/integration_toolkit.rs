@@ -547,3 +547,98 @@ async fn a_layer_inside_another_derives_from_the_request_context() {
     })
     .await;
 }
+
+// ---- request-end hook ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_request_end_reports_every_kind_of_end() {
+    use tokio::io::AsyncWriteExt;
+    watchdog(async {
+        let (ends_tx, mut ends_rx) = mpsc::unbounded_channel::<(String, String, String)>();
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+        let router = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/hang",
+                get(|State(started): State<Started>| async move {
+                    let _ = started.send(());
+                    std::future::pending::<()>().await;
+                }),
+            )
+            .with_state(started_tx);
+        let (root, shutdown) = Context::background().with_cancel();
+        let layer = ServerLayer::new(root)
+            .abort_on_deadline()
+            .on_request_end(move |end| {
+                let cause = end.cause().map_or("-".to_owned(), |c| c.to_string());
+                let _ = ends_tx.send((
+                    format!("{} {}", end.method(), end.uri().path()),
+                    end.outcome().to_string(),
+                    cause,
+                ));
+            });
+        let addr = serve(router.layer(layer)).await;
+        let client = client();
+
+        // Finished.
+        let (status, _, _) = get_text(&client, format!("http://{addr}/ok"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (what, outcome, cause) = ends_rx.recv().await.unwrap();
+        assert_eq!(
+            (what.as_str(), outcome.as_str(), cause.as_str()),
+            ("GET /ok", "request finished", "request finished")
+        );
+
+        // Client disconnected: the case a handler-level after_func misses
+        // when the handler is dropped before it registers anything.
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /hang HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        started_rx.recv().await.unwrap();
+        drop(sock);
+        let (what, outcome, _) = ends_rx.recv().await.unwrap();
+        assert_eq!(
+            (what.as_str(), outcome.as_str()),
+            ("GET /hang", "client disconnected")
+        );
+
+        // Deadline exceeded (abort_on_deadline answers 504).
+        let (status, _, _) = get_text(
+            &client,
+            format!("http://{addr}/hang"),
+            &[("grpc-timeout", "30m")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        started_rx.recv().await.unwrap();
+        let (what, outcome, _) = ends_rx.recv().await.unwrap();
+        assert_eq!(
+            (what.as_str(), outcome.as_str()),
+            ("GET /hang", "deadline exceeded")
+        );
+
+        // Shutdown.
+        let request = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get(format!("http://{addr}/hang"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                // The handler ignores its context: the answer never comes,
+                // the client gives up when the test ends.
+                let _ = client.request(req).await;
+            })
+        };
+        started_rx.recv().await.unwrap();
+        shutdown.cancel_with_cause(ctxtree::integrations::Shutdown);
+        // The context ended with the shutdown; the report comes when the
+        // request ends: make the client give up.
+        request.abort();
+        let (what, outcome, cause) = ends_rx.recv().await.unwrap();
+        assert_eq!(what, "GET /hang");
+        assert_eq!(outcome, "server shutting down");
+        assert_eq!(cause, "server shutting down");
+    })
+    .await;
+}

@@ -6,6 +6,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 
+use crate::integrations::hook::PendingReport;
 use crate::integrations::outcome::{ClientDisconnected, RequestFinished};
 use crate::integrations::shutdown::Token;
 use crate::CancelHandle;
@@ -22,13 +23,20 @@ use crate::CancelHandle;
 pub(crate) struct RequestGuard {
     handle: Option<CancelHandle>,
     token: Option<Token>,
+    /// The `on_request_end` report, made once the context has ended.
+    report: Option<Box<PendingReport>>,
 }
 
 impl RequestGuard {
-    pub(crate) fn new(handle: CancelHandle, token: Option<Token>) -> RequestGuard {
+    pub(crate) fn new(
+        handle: CancelHandle,
+        token: Option<Token>,
+        report: Option<Box<PendingReport>>,
+    ) -> RequestGuard {
         RequestGuard {
             handle: Some(handle),
             token,
+            report,
         }
     }
 
@@ -36,7 +44,17 @@ impl RequestGuard {
         RequestGuard {
             handle: None,
             token: None,
+            report: None,
         }
+    }
+
+    /// After the context ended: report, then leave the shutdown count (so
+    /// a drain also waits for the report).
+    fn ended(&mut self) {
+        if let Some(report) = self.report.take() {
+            report.report();
+        }
+        self.token = None;
     }
 
     /// The handler (and its body, if any) completed.
@@ -46,7 +64,7 @@ impl RequestGuard {
         }
         // After the cancel: a request counts as in flight until its
         // context has ended.
-        self.token = None;
+        self.ended();
     }
 }
 
@@ -55,7 +73,7 @@ impl Drop for RequestGuard {
         if let Some(handle) = self.handle.take() {
             handle.cancel_with_cause(ClientDisconnected);
         }
-        self.token = None;
+        self.ended();
     }
 }
 

@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | [`ServerLayer`] | `tower` | per-request child of a server root; deadline = min(cap, `grpc-timeout`); cancelled with [`ClientDisconnected`] or [`RequestFinished`]; optional 504 / `DEADLINE_EXCEEDED` on expiry |
 //! | [`ServerLayer::timeout`] / [`ServerLayer::nested`] | `tower` | per-route layers: derive from the request's existing context, only tighten its deadline |
+//! | [`ServerLayer::on_request_end`] | `tower` | a callback per ended request: [`RequestEnd`] (outcome, elapsed, cause, method, URI, context) |
 //! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
 //! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends, response body included ([`ClientBody`]; `io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |
@@ -65,6 +66,7 @@ mod body;
 mod client;
 mod deadline_header;
 pub mod grpc_timeout;
+mod hook;
 mod outcome;
 mod server;
 mod shutdown;
@@ -82,6 +84,7 @@ pub use client::{
     IoErrors,
 };
 pub use deadline_header::DeadlineHeader;
+pub use hook::RequestEnd;
 pub use outcome::{ClientDisconnected, Outcome, RequestFinished, Shutdown};
 pub use server::{ResponseFuture, ServerLayer, ServerService};
 pub use shutdown::{ShutdownHandle, ShutdownReport};

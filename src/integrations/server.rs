@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use crate::integrations::body::{ContextBody, RequestGuard};
 use crate::integrations::deadline_header::{self, DeadlineHeader};
+use crate::integrations::hook::{OnEnd, PendingReport, RequestEnd};
 use crate::integrations::shutdown::{ShutdownHandle, Tracker};
 use crate::{Context, Done, Error};
 
@@ -92,6 +93,7 @@ pub struct ServerLayer {
     stats: Arc<Stats>,
     tracker: Option<Arc<Tracker>>,
     deadline_headers: Arc<[DeadlineHeader]>,
+    on_end: Option<OnEnd>,
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +121,43 @@ impl ServerLayer {
             stats: Arc::default(),
             tracker: None,
             deadline_headers: Arc::from([DeadlineHeader::grpc()]),
+            on_end: None,
         }
+    }
+
+    /// Calls `f` once per request, when the request has ended — the
+    /// handler returned and its body was sent, the client went away, the
+    /// deadline passed with [`abort_on_deadline`](Self::abort_on_deadline),
+    /// … — with its [`RequestEnd`]: the [`Outcome`](crate::integrations::Outcome),
+    /// the time it took, the cause, the method and URI and the context (for
+    /// the values middleware attached). One place to log or trace "client
+    /// disconnected / deadline exceeded / finished", disconnects included.
+    ///
+    /// `f` runs on the thread that ends the request (inside a poll or a
+    /// drop): keep it short. A panic in `f` is reported on stderr and
+    /// ignored. A [`graceful`](Self::graceful) shutdown waits for it. Not
+    /// called for requests refused during shutdown (no context was made).
+    ///
+    /// Go equivalent: a deferred log line in a net/http middleware, plus
+    /// `context.AfterFunc(r.Context(), …)` for disconnects.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, integrations::{Outcome, ServerLayer}};
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .max_timeout(Duration::from_secs(30))
+    ///     .on_request_end(|end| match end.outcome() {
+    ///         Outcome::Finished => {}
+    ///         other => eprintln!("{} {}: {other} after {:?}", end.method(), end.uri(), end.elapsed()),
+    ///     });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_request_end<F>(mut self, f: F) -> ServerLayer
+    where
+        F: Fn(&RequestEnd) + Send + Sync + 'static,
+    {
+        self.on_end = Some(OnEnd(Arc::new(f)));
+        self
     }
 
     /// Also reads `header` as a deadline (in addition to `grpc-timeout`
@@ -230,6 +268,7 @@ impl ServerLayer {
             stats: Arc::default(),
             tracker: None,
             deadline_headers: Arc::from([]),
+            on_end: None,
         }
     }
 
@@ -490,10 +529,15 @@ where
             None
         };
         let grpc = deadline.is_some() && is_grpc(&req);
+        let report = self
+            .layer
+            .on_end
+            .as_ref()
+            .map(|hook| Box::new(PendingReport::new(&hook.0, &req, &ctx)));
         req.extensions_mut().insert(ctx);
         ResponseFuture {
             inner: Some(self.inner.call(req)),
-            guard: Some(RequestGuard::new(handle, token)),
+            guard: Some(RequestGuard::new(handle, token, report)),
             deadline,
             grpc,
             refused: false,
