@@ -66,9 +66,8 @@ pub fn request_context<T>(req: &tonic::Request<T>) -> Option<Context> {
 /// ```
 #[allow(clippy::result_large_err)] // tonic handlers return Status as is
 pub fn require_context<T>(req: &tonic::Request<T>) -> Result<Context, Status> {
-    request_context(req).ok_or_else(|| {
-        Status::internal("no request context: ctxtree ServerLayer is not installed")
-    })
+    request_context(req)
+        .ok_or_else(|| Status::internal("no request context: ctxtree ServerLayer is not installed"))
 }
 
 /// Attaches `ctx` to an outbound `tonic::Request`: a client channel wrapped
