@@ -83,6 +83,7 @@
 //!
 //! The algorithm, its invariants and its memory-ordering argument are in
 //! `docs/DESIGN.md`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

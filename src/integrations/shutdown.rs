@@ -127,7 +127,7 @@ pub struct ShutdownReport {
     pub still_running: usize,
 }
 
-/// Graceful shutdown of the servers whose [`ServerLayer`] it
+/// Graceful shutdown of the servers whose [`ServerLayer`](crate::integrations::ServerLayer) it
 /// [tracks](crate::integrations::ServerLayer::graceful): counts their
 /// in-flight requests, and [`shutdown`](Self::shutdown) stops new ones,
 /// lets the running ones finish for a grace period, then cancels the root
