@@ -567,9 +567,13 @@ pin_project_lite::pin_project! {
     /// assert_eq!(Outcome::of(&ctx), Outcome::ClientDisconnected);
     /// ```
     pub struct ResponseFuture<F> {
+        // Declared (so dropped) before `inner`: when the response future is
+        // dropped early, the context ends with `ClientDisconnected` before
+        // the handler's future is dropped, so whatever the handler's drop
+        // cancels (a task group, say) sees why.
+        guard: Option<RequestGuard>,
         #[pin]
         inner: Option<F>,
-        guard: Option<RequestGuard>,
         deadline: Option<Done>,
         grpc: bool,
         refused: bool,
@@ -693,4 +697,47 @@ fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    use super::ServerLayer;
+    use crate::integrations::Outcome;
+    use crate::Context;
+
+    /// Records how the request's context looked when the handler's future
+    /// was dropped.
+    struct OnDrop(Context, Arc<Mutex<Option<Outcome>>>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() = Some(Outcome::of(&self.0));
+        }
+    }
+
+    #[test]
+    fn handler_dropped_after_the_context_ends_as_disconnected() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = Arc::clone(&seen);
+        let mut svc = ServerLayer::new(Context::background()).layer(tower::service_fn(
+            move |req: http::Request<()>| {
+                let ctx = req.extensions().get::<Context>().unwrap().clone();
+                let guard = OnDrop(ctx, Arc::clone(&seen2));
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<Result<http::Response<String>, Infallible>>().await
+                }
+            },
+        ));
+        let fut = svc.call(http::Request::new(()));
+        drop(fut);
+        let outcome = seen.lock().unwrap().take();
+        assert_eq!(outcome, Some(Outcome::ClientDisconnected));
+    }
 }
