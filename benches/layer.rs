@@ -22,6 +22,7 @@
 //! ```sh
 //! cargo bench --bench layer                          # full (~15 s)
 //! CTXTREE_BENCH_QUICK=1 cargo bench --bench layer    # smoke run
+//! CTXTREE_LAYER_ONLY=abort CTXTREE_BENCH_QUICK=1 valgrind --tool=callgrind target/release/deps/layer-*
 //! ```
 
 mod support;
@@ -151,6 +152,13 @@ fn main() {
         ),
     ];
 
+    // Profiling (docs/BENCHMARKS.md "Profiles"): only the cases whose name
+    // contains $CTXTREE_LAYER_ONLY, e.g. under callgrind.
+    let only = std::env::var("CTXTREE_LAYER_ONLY").unwrap_or_default();
+    let cases: Vec<(&str, Case)> = cases
+        .into_iter()
+        .filter(|(name, _)| name.contains(only.as_str()))
+        .collect();
     println!(
         "layer: {} cases x {} columns, {rounds} interleaved rounds of {per_sample} requests, load {}",
         cases.len(),
