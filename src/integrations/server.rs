@@ -527,20 +527,23 @@ impl<S> ServerService<S> {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let now = Instant::now();
-        if let (Some(root), None, Some(cap)) = (&self.layer.root, outer, self.layer.max_timeout) {
+        let timeout = match (read.timeout, self.layer.max_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The clock is read only for a request with a deadline.
+        let now = timeout.map(|_| Instant::now());
+        if let (Some(root), None, Some(cap), Some(now)) =
+            (&self.layer.root, outer, self.layer.max_timeout, now)
+        {
             if cap >= CAP_SHARING_MIN && read.timeout.is_none_or(|t| t >= cap) {
                 if let Some(parent) = self.layer.cap_cache.parent(root, now, cap) {
                     return parent.with_cancel();
                 }
             }
         }
-        let timeout = match (read.timeout, self.layer.max_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         // A timeout too long for `Instant` (e.g. 99999999H) means no deadline.
-        let deadline = timeout.and_then(|t| now.checked_add(t));
+        let deadline = timeout.zip(now).and_then(|(t, now)| now.checked_add(t));
         let derive = |parent: &Context| match deadline {
             Some(deadline) => parent.with_deadline(deadline),
             None => parent.with_cancel(),
