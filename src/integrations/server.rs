@@ -797,15 +797,18 @@ mod tests {
         }
     }
 
-    /// The contexts the handler saw, in order.
+    type Seen = Arc<Mutex<Vec<Context>>>;
+    type Answer = std::future::Ready<Result<http::Response<String>, Infallible>>;
+
+    /// A handler, and the contexts it saw, in order.
     fn recording() -> (
         impl Service<
                 http::Request<()>,
                 Response = http::Response<String>,
                 Error = Infallible,
-                Future = std::future::Ready<Result<http::Response<String>, Infallible>>,
+                Future = Answer,
             > + Clone,
-        Arc<Mutex<Vec<Context>>>,
+        Seen,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
