@@ -189,6 +189,8 @@ const POOL: usize = 48;
 const MAX_DEPTH: u32 = 24;
 /// Kept `after_func` handles per round at most.
 const MAX_KEPT: usize = 256;
+/// Waiters' parents kept for cancels at most.
+const MAX_HOT: usize = 16;
 /// `done()` futures a thread keeps across operations.
 const MAX_DONES: usize = 4;
 
@@ -196,6 +198,8 @@ const MAX_DONES: usize = 4;
 struct Round {
     pool: Mutex<Vec<Entry>>,
     kept: Mutex<Vec<Kept>>,
+    /// Parents of children threads wait on: cancelled first.
+    hot: Mutex<Vec<(Context, CancelHandle)>>,
     loose: Mutex<Vec<Loose>>,
     root_id: u64,
     next_id: AtomicU64,
@@ -327,16 +331,24 @@ fn settle_kept(d: KeptDone) {
 }
 
 /// One worker of a free-form round.
-fn worker(round: &Round, mut rng: Rng) {
+/// One worker of a free-form round. The `canceller` (one per round) never
+/// blocks for long and cancels much more often, so waiters' parents are
+/// cancelled while they wait; the others mostly derive, wait and drop.
+fn worker(round: &Round, mut rng: Rng, canceller: bool) {
     let stats = &*round.stats;
     let mut dones: Vec<KeptDone> = Vec::new();
     let mut i = 0u64;
     while Instant::now() < round.end {
         i += 1;
         Stats::add(&stats.ops);
-        match rng.below(100) {
+        let roll = if canceller && rng.chance(50) {
+            30
+        } else {
+            rng.below(100)
+        };
+        match roll {
             0..=27 => derive(round, &mut rng),
-            28..=36 => cancel(round, &mut rng, i),
+            28..=36 => cancel(round, &mut rng, i, canceller),
             37..=45 => {
                 // Drop a whole entry, or only its handle.
                 let gone = {
@@ -355,7 +367,7 @@ fn worker(round: &Round, mut rng: Rng) {
                 Stats::add(&stats.drops);
                 drop(gone);
             }
-            46..=63 => wait(round, &mut rng, &mut dones),
+            46..=63 => wait(round, &mut rng, &mut dones, canceller),
             64..=75 => after_func(round, &mut rng),
             76..=79 => {
                 let mut kept = lock(&round.kept);
@@ -537,7 +549,27 @@ fn derive(round: &Round, rng: &mut Rng) {
     round.push(entry, rng);
 }
 
-fn cancel(round: &Round, rng: &mut Rng, i: u64) {
+fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
+    if rng.chance(if canceller { 90 } else { 30 }) {
+        let hot = {
+            let mut hot = lock(&round.hot);
+            (!hot.is_empty()).then(|| {
+                let k = rng.below(hot.len());
+                hot.swap_remove(k)
+            })
+        };
+        if let Some((ctx, h)) = hot {
+            Stats::add(&round.stats.cancels);
+            match rng.below(3) {
+                0 => h.cancel(),
+                1 => h.cancel_with_cause(NumberedError(i as usize)),
+                _ => drop(h.drop_guard()),
+            }
+            assert!(ctx.is_done(), "{ctx:?} not done after its cancel returned");
+            check_consistent(&ctx);
+            return;
+        }
+    }
     let e = round.pick(rng);
     let Some(h) = e.handle.clone() else { return };
     // The root ends the round: leave it to the teardown.
@@ -572,7 +604,7 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64) {
     }
 }
 
-fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone]) {
+fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
     let stats = &*round.stats;
     let e = round.pick(rng);
     // Something that is surely done soon: a short-deadline child of the
@@ -581,6 +613,26 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone]) {
         match e.ctx.deadline() {
             Some(d) if d <= Instant::now() + Duration::from_millis(5) && rng.chance(50) => {
                 e.ctx.clone()
+            }
+            _ if rng.chance(70) => {
+                // Issue 9's shape: the waiter's parent (or grandparent) goes
+                // to `hot`, which cancels pick first, so it is cancelled
+                // while this thread waits, and the waiter drops its child
+                // right after waking. A deadline ends the wait otherwise.
+                let (p, ph) = e.ctx.with_cancel();
+                let mid = if rng.chance(30) { p.with_cancel().0 } else { p.clone() };
+                let mid = if rng.chance(30) { mid.with_value(7u32) } else { mid };
+                let backup = if rng.chance(50) {
+                    rng.short()
+                } else {
+                    Duration::from_millis(20)
+                };
+                let c = mid.with_timeout(backup).0;
+                let mut hot = lock(&round.hot);
+                if hot.len() < MAX_HOT {
+                    hot.push((p, ph));
+                }
+                c
             }
             _ => {
                 let (c, h) = e.ctx.with_timeout(rng.short());
@@ -603,7 +655,8 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone]) {
             }
         }
     };
-    match rng.below(8) {
+    let kind = if canceller { 4 + rng.below(4) } else { rng.below(8) };
+    match kind {
         0 | 1 => {
             let c = soon(rng);
             Stats::add(&stats.blocking_waits);
@@ -738,6 +791,7 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
             depth: 0,
         }]),
         kept: Mutex::default(),
+        hot: Mutex::default(),
         loose: Mutex::default(),
         root_id: 0,
         next_id: AtomicU64::new(1),
@@ -756,7 +810,7 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
                 .name(format!("soak-{t}"))
                 .spawn(move || {
                     track_this_thread();
-                    worker(&round, Rng::new(seed));
+                    worker(&round, Rng::new(seed), t == 0);
                 })
                 .expect("spawn a soak thread")
         })
@@ -807,6 +861,7 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
             assert!(cb.ctx.is_done());
         }
     }
+    drop(std::mem::take(&mut *lock(&round.hot)));
     let loose = std::mem::take(&mut *lock(&round.loose));
     for (k, cb) in loose.iter().enumerate() {
         let runs = if cb.reach.contains(&round.root_id) {
