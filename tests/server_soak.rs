@@ -10,6 +10,7 @@
 //!   while the handler returns at once: the request's end cancels the
 //!   children while their owners wake and drop them. Before the fix of
 //!   issue 9 this crashed the process (SIGSEGV) within seconds;
+//! - `/wide`: the same with eight sub-tasks, one a blocking thread;
 //! - `/run`: a sub-task under `run_until_done`, awaited or not;
 //! - `/blocking`: a `spawn_blocking` thread `wait`ing on a child;
 //! - `/slow`: the handler awaits its own context (ended by the client's
@@ -167,6 +168,17 @@ async fn fanout(State(app): State<App>, ctx: Context) -> &'static str {
     "ok"
 }
 
+/// The same with eight sub-tasks (more children in the walk that the
+/// request's end makes), one of them a blocking thread; returns at once.
+async fn wide(State(app): State<App>, ctx: Context) -> &'static str {
+    track_outcome(&app, &ctx);
+    for i in 0..7 {
+        spawn_child_waiter(&app, &ctx, i % 2 == 1);
+    }
+    spawn_blocking_waiter(&app, &ctx);
+    "ok"
+}
+
 /// A sub-task under `run_until_done`, awaited half of the time.
 async fn run(State(app): State<App>, ctx: Context) -> &'static str {
     track_outcome(&app, &ctx);
@@ -196,7 +208,13 @@ async fn run(State(app): State<App>, ctx: Context) -> &'static str {
 /// A blocking thread waits on a child; the handler returns at once.
 async fn blocking(State(app): State<App>, ctx: Context) -> &'static str {
     track_outcome(&app, &ctx);
-    let (child, handle) = ctx.with_cancel();
+    spawn_blocking_waiter(&app, &ctx);
+    "ok"
+}
+
+/// A blocking thread that waits on its own child of `parent`.
+fn spawn_blocking_waiter(app: &App, parent: &Context) {
+    let (child, handle) = parent.with_cancel();
     let stats = Arc::clone(&app.stats);
     add(&stats.subtasks_started);
     tokio::task::spawn_blocking(move || {
@@ -207,7 +225,6 @@ async fn blocking(State(app): State<App>, ctx: Context) -> &'static str {
         drop(handle);
         add(&stats.subtasks_finished);
     });
-    "ok"
 }
 
 /// Awaits the request context itself: ends on `grpc-timeout` or on the
@@ -252,7 +269,15 @@ async fn manual(State(app): State<App>) -> &'static str {
     "ok"
 }
 
-const ROUTES: [&str; 6] = ["/fanout", "/run", "/blocking", "/slow", "/deadline", "/manual"];
+const ROUTES: [&str; 7] = [
+    "/fanout",
+    "/wide",
+    "/run",
+    "/blocking",
+    "/slow",
+    "/deadline",
+    "/manual",
+];
 
 /// A small per-client generator.
 struct Rng(u64);
@@ -279,7 +304,14 @@ async fn client_loop(
 ) {
     let mut rng = Rng(seed | 1);
     while Instant::now() < end {
-        let route = ROUTES[rng.below(ROUTES.len() as u64) as usize];
+        // Half the requests take the shapes that crashed before issue 9's
+        // fix (`/fanout`, `/manual`), the rest spread over the others.
+        let route = match rng.below(100) {
+            0..=24 => "/fanout",
+            25..=39 => "/wide",
+            40..=49 => "/manual",
+            _ => ROUTES[rng.below(ROUTES.len() as u64) as usize],
+        };
         let roll = rng.below(100);
         // `/slow` ends only by deadline or disconnect: always give it one.
         let grpc_timeout = if route == "/slow" || route == "/deadline" || roll < 30 {
@@ -419,6 +451,7 @@ fn server_soak_with_child_context_subtasks_stays_flat_and_frees_everything() {
         };
         let router = Router::new()
             .route("/fanout", get(fanout))
+            .route("/wide", get(wide))
             .route("/run", get(run))
             .route("/blocking", get(blocking))
             .route("/slow", get(slow))
