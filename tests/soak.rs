@@ -254,7 +254,10 @@ fn check_consistent(ctx: &Context) {
     let done = ctx.is_done();
     let err2 = ctx.err();
     if let Err(e) = err {
-        assert!(cause.is_some(), "{ctx:?}: err() is {e:?} but cause() is None");
+        assert!(
+            cause.is_some(),
+            "{ctx:?}: err() is {e:?} but cause() is None"
+        );
         assert!(done, "{ctx:?}: err() is {e:?} but is_done() is false later");
         assert_eq!(err2, err, "{ctx:?}: err() changed after done");
     }
@@ -326,7 +329,11 @@ fn settle_kept(d: KeptDone) {
         while d.waker.wakes() == 0 && start.elapsed() < Duration::from_secs(10) {
             thread::yield_now();
         }
-        assert!(d.waker.wakes() > 0, "a pending done() of {:?} was never woken", d.ctx);
+        assert!(
+            d.waker.wakes() > 0,
+            "a pending done() of {:?} was never woken",
+            d.ctx
+        );
     }
 }
 
@@ -443,7 +450,10 @@ fn derive(round: &Round, rng: &mut Rng) {
             if parent_was_done {
                 assert!(ctx.is_done(), "{ctx:?} under a done parent");
                 assert_eq!(ctx.err(), parent.ctx.err());
-                assert!(Arc::ptr_eq(&ctx.cause().unwrap(), &parent.ctx.cause().unwrap()));
+                assert!(Arc::ptr_eq(
+                    &ctx.cause().unwrap(),
+                    &parent.ctx.cause().unwrap()
+                ));
             }
             Entry {
                 ctx,
@@ -495,7 +505,10 @@ fn derive(round: &Round, rng: &mut Rng) {
             assert_eq!(ctx.value::<Val>().map(|v| v.id), Some(id));
             if parent_was_done {
                 assert!(ctx.is_done(), "{ctx:?} under a done parent");
-                assert!(Arc::ptr_eq(&ctx.cause().unwrap(), &parent.ctx.cause().unwrap()));
+                assert!(Arc::ptr_eq(
+                    &ctx.cause().unwrap(),
+                    &parent.ctx.cause().unwrap()
+                ));
             }
             let (ctx, handle, reach) = if rng.chance(50) {
                 let (c, h) = ctx.with_cancel();
@@ -515,9 +528,17 @@ fn derive(round: &Round, rng: &mut Rng) {
             let (ctx, h) = parent.ctx.merge(&other.ctx);
             if parent_was_done {
                 assert!(ctx.is_done(), "{ctx:?} merged with a done context");
-                assert!(Arc::ptr_eq(&ctx.cause().unwrap(), &parent.ctx.cause().unwrap()));
+                assert!(Arc::ptr_eq(
+                    &ctx.cause().unwrap(),
+                    &parent.ctx.cause().unwrap()
+                ));
             }
-            let mut reach: Vec<u64> = parent.reach.iter().chain(other.reach.iter()).copied().collect();
+            let mut reach: Vec<u64> = parent
+                .reach
+                .iter()
+                .chain(other.reach.iter())
+                .copied()
+                .collect();
             reach.sort_unstable();
             reach.dedup();
             reach.push(id);
@@ -584,8 +605,16 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
         1 => h.cancel_with_cause(NumberedError(i as usize)),
         _ => drop(h.drop_guard()),
     }
-    assert!(e.ctx.is_done(), "{:?} not done after its cancel returned", e.ctx);
-    assert!(child.is_done(), "a child of {:?} not done after cancel", e.ctx);
+    assert!(
+        e.ctx.is_done(),
+        "{:?} not done after its cancel returned",
+        e.ctx
+    );
+    assert!(
+        child.is_done(),
+        "a child of {:?} not done after cancel",
+        e.ctx
+    );
     assert_eq!(child.err(), e.ctx.err());
     assert!(
         Arc::ptr_eq(&child.cause().unwrap(), &e.ctx.cause().unwrap()),
@@ -599,7 +628,11 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
         .map(|x| x.ctx.clone())
         .collect();
     for ctx in &reached {
-        assert!(ctx.is_done(), "{ctx:?} not done after its ancestor {:?} was cancelled", e.ctx);
+        assert!(
+            ctx.is_done(),
+            "{ctx:?} not done after its ancestor {:?} was cancelled",
+            e.ctx
+        );
         check_consistent(ctx);
     }
 }
@@ -620,8 +653,16 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
                 // while this thread waits, and the waiter drops its child
                 // right after waking. A deadline ends the wait otherwise.
                 let (p, ph) = e.ctx.with_cancel();
-                let mid = if rng.chance(30) { p.with_cancel().0 } else { p.clone() };
-                let mid = if rng.chance(30) { mid.with_value(7u32) } else { mid };
+                let mid = if rng.chance(30) {
+                    p.with_cancel().0
+                } else {
+                    p.clone()
+                };
+                let mid = if rng.chance(30) {
+                    mid.with_value(7u32)
+                } else {
+                    mid
+                };
                 let backup = if rng.chance(50) {
                     rng.short()
                 } else {
@@ -655,7 +696,11 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
             }
         }
     };
-    let kind = if canceller { 4 + rng.below(4) } else { rng.below(8) };
+    let kind = if canceller {
+        4 + rng.below(4)
+    } else {
+        rng.below(8)
+    };
     match kind {
         0 | 1 => {
             let c = soon(rng);
@@ -681,13 +726,20 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
             match got {
                 Ok(v) => {
                     assert_eq!(v, 7);
-                    assert!(!was_done, "run_until_done polled its future on a done context");
+                    assert!(
+                        !was_done,
+                        "run_until_done polled its future on a done context"
+                    );
                 }
                 Err(err) => check_waited(&e.ctx, err, stats),
             }
         }
         5 => {
-            let t = if rng.chance(30) { Duration::ZERO } else { rng.short() / 4 };
+            let t = if rng.chance(30) {
+                Duration::ZERO
+            } else {
+                rng.short() / 4
+            };
             if let Some(err) = e.ctx.wait_timeout(t) {
                 check_waited(&e.ctx, err, stats);
             }
@@ -848,7 +900,10 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
         let stopped_now = cb.af.stop();
         assert!(!(cb.stopped && stopped_now), "callback {k}: stopped twice");
         if done_before && !cb.stopped {
-            assert!(!stopped_now, "callback {k}: stopped after its context was done");
+            assert!(
+                !stopped_now,
+                "callback {k}: stopped after its context was done"
+            );
         }
         let runs = if cb.stopped || stopped_now {
             cb.runs.load(Ordering::SeqCst)
@@ -856,7 +911,11 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
             ran_once(&cb.runs)
         };
         let stops = usize::from(cb.stopped) + usize::from(stopped_now);
-        assert_eq!(runs + stops, 1, "callback {k}: ran {runs} times, stopped {stops} times");
+        assert_eq!(
+            runs + stops,
+            1,
+            "callback {k}: ran {runs} times, stopped {stops} times"
+        );
         if cb.reach.contains(&round.root_id) {
             assert!(cb.ctx.is_done());
         }
@@ -870,7 +929,10 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
             cb.runs.load(Ordering::SeqCst)
         };
         if cb.reach.contains(&round.root_id) {
-            assert_eq!(runs, 1, "dropped-handle callback {k} under the cancelled root");
+            assert_eq!(
+                runs, 1,
+                "dropped-handle callback {k} under the cancelled root"
+            );
         } else {
             assert!(runs <= 1, "dropped-handle callback {k} ran {runs} times");
         }
@@ -880,7 +942,10 @@ fn free_form_round(stats: &Arc<Stats>, rng: &mut Rng, threads: usize, len: Durat
     // that can reach them are (the last drop may be a timer callback's).
     let start = Instant::now();
     loop {
-        let values = (round.values_made.load(Ordering::SeqCst), round.values_dropped.load(Ordering::SeqCst));
+        let values = (
+            round.values_made.load(Ordering::SeqCst),
+            round.values_dropped.load(Ordering::SeqCst),
+        );
         let closures = (
             round.closures_made.load(Ordering::SeqCst),
             round.closures_dropped.load(Ordering::SeqCst),
@@ -918,7 +983,11 @@ fn model_round(stats: &Stats, rng: &mut Rng, len: Duration) {
 /// (debug builds) the crate's node counters are back where they were.
 fn check_nothing_left(baseline: isize, what: &str) {
     untrack_this_thread();
-    assert_eq!(ctxtree::__private::armed_timers(), 0, "{what}: timer entries left armed");
+    assert_eq!(
+        ctxtree::__private::armed_timers(),
+        0,
+        "{what}: timer entries left armed"
+    );
     let start = Instant::now();
     let mut n = 0u32;
     let left = loop {
@@ -938,17 +1007,25 @@ fn check_nothing_left(baseline: isize, what: &str) {
             break left;
         }
     };
-    assert_eq!(left, 0, "{what}: {left} bytes allocated by the round were never freed");
+    assert_eq!(
+        left, 0,
+        "{what}: {left} bytes allocated by the round were never freed"
+    );
     #[cfg(debug_assertions)]
     {
         let live = model::flush_until_at_most(0);
         assert_eq!(live, 0, "{what}: {live} node claims left");
         let start = Instant::now();
-        while ctxtree::__private::allocated_nodes() > 0 && start.elapsed() < Duration::from_secs(20) {
+        while ctxtree::__private::allocated_nodes() > 0 && start.elapsed() < Duration::from_secs(20)
+        {
             ctxtree::__private::flush_epoch();
             thread::yield_now();
         }
-        assert_eq!(ctxtree::__private::allocated_nodes(), 0, "{what}: nodes left allocated");
+        assert_eq!(
+            ctxtree::__private::allocated_nodes(),
+            0,
+            "{what}: nodes left allocated"
+        );
     }
 }
 
@@ -964,7 +1041,10 @@ fn warm_up() {
     handle.cancel();
     let _ = ctx.cause();
     let _ = Context::background().with_timeout(Duration::ZERO).0.cause();
-    assert!(common::flush_timer_thread(Duration::from_secs(10)), "the timer thread runs callbacks");
+    assert!(
+        common::flush_timer_thread(Duration::from_secs(10)),
+        "the timer thread runs callbacks"
+    );
     ctxtree::__private::flush_epoch();
 }
 
@@ -1022,7 +1102,10 @@ fn randomized_soak_on_a_shared_tree_keeps_the_contract_and_frees_everything() {
             Stats::get(&s.stops),
             Stats::get(&s.drops),
         );
-        assert!(Stats::get(&s.rounds) + Stats::get(&s.model_runs) > 0, "the soak ran nothing");
+        assert!(
+            Stats::get(&s.rounds) + Stats::get(&s.model_runs) > 0,
+            "the soak ran nothing"
+        );
         ctxtree::__private::flush_epoch();
     });
     // And on the test thread: nothing of ours queued at exit.
