@@ -14,9 +14,12 @@
 //!   `futures::executor::block_on`, `run_until_done`, `done()` futures kept
 //!   and polled later), `after_func` (kept and stopped, or its handle
 //!   dropped at once) and reads. The real timer thread fires the short
-//!   deadlines while the threads drop the subtrees, wait on children of the
-//!   nodes other threads cancel and drop them right after waking: the
-//!   shape of issue 9's use-after-free;
+//!   deadlines while the threads drop the subtrees. One thread per round
+//!   is a *canceller* (it cancels far more often and never blocks for
+//!   long); a thread about to block on a child puts the child's parent (or
+//!   grandparent) in a *hot* list that cancels pick first, so the parent is
+//!   cancelled while the thread waits, and the waiter drops its child right
+//!   after waking: the shape of issue 9's use-after-free;
 //! - **model rounds** (~1/4 of the time): the reference-model harness of
 //!   `tests/model/mod.rs` (`model::run_threads`, as `tests/stress.rs` uses
 //!   it) on random inputs, which checks outcomes, causes and reachability
@@ -337,7 +340,6 @@ fn settle_kept(d: KeptDone) {
     }
 }
 
-/// One worker of a free-form round.
 /// One worker of a free-form round. The `canceller` (one per round) never
 /// blocks for long and cancels much more often, so waiters' parents are
 /// cancelled while they wait; the others mostly derive, wait and drop.
