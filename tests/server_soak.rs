@@ -1,7 +1,7 @@
 //! End-to-end soak: a real axum server with `ServerLayer` on 127.0.0.1,
 //! two tokio workers, and many concurrent hyper clients for a fixed time
 //! (`CTXTREE_SERVER_SOAK_SECS`, default 2 s; clients: `CTXTREE_SERVER_SOAK_CLIENTS`,
-//! default 48).
+//! default 64, as in issue 9).
 //!
 //! Handlers have the shapes servers use (issue 9 §7):
 //!
@@ -418,7 +418,7 @@ fn settle(baseline: isize) -> isize {
 #[test]
 fn server_soak_with_child_context_subtasks_stays_flat_and_frees_everything() {
     let secs = env_f64("CTXTREE_SERVER_SOAK_SECS", 2.0).min(24.0 * 3600.0);
-    let clients = env_f64("CTXTREE_SERVER_SOAK_CLIENTS", 48.0).clamp(1.0, 1024.0) as usize;
+    let clients = env_f64("CTXTREE_SERVER_SOAK_CLIENTS", 64.0).clamp(1.0, 1024.0) as usize;
     let run_for = Duration::from_secs_f64(secs);
     with_watchdog(120 + 2 * run_for.as_secs(), move || {
         let default_hook = std::panic::take_hook();
@@ -445,11 +445,6 @@ fn server_soak_with_child_context_subtasks_stays_flat_and_frees_everything() {
         untrack_this_thread();
         ctxtree::__private::flush_epoch();
         let baseline = tracked_bytes();
-        #[cfg(debug_assertions)]
-        let (claims0, nodes0) = (
-            ctxtree::__private::live_claims(),
-            ctxtree::__private::allocated_nodes(),
-        );
 
         let stats = Arc::new(Stats::default());
         let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -589,8 +584,13 @@ fn server_soak_with_child_context_subtasks_stays_flat_and_frees_everything() {
             "timer entries left armed"
         );
         let left = settle(baseline);
+        // Debug builds: the crate's own node counters are back to zero (no
+        // context exists before the run nor after it; not read as a
+        // baseline after the warm-up, whose last node the timer thread may
+        // still hold for a moment).
         #[cfg(debug_assertions)]
         {
+            let (claims0, nodes0) = (0, 0);
             let t = Instant::now();
             while (ctxtree::__private::live_claims() != claims0
                 || ctxtree::__private::allocated_nodes() != nodes0)
