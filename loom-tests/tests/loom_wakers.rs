@@ -82,9 +82,7 @@ impl Wake for TaskWaker {
 fn run_task(slot: &Mutex<Option<Done>>, waker: &Waker) -> Option<Error> {
     loop {
         let mut guard = slot.lock().unwrap();
-        let Some(done) = guard.as_mut() else {
-            return None;
-        };
+        let done = guard.as_mut()?;
         let polled = Pin::new(done).poll(&mut TaskContext::from_waker(waker));
         drop(guard);
         match polled {
@@ -95,15 +93,12 @@ fn run_task(slot: &Mutex<Option<Done>>, waker: &Waker) -> Option<Error> {
 }
 
 /// The task side of a model: a thread that waits on `ctx` with a waker
-/// whose action is `action(slot)`. Returns the task's thread handle, the
-/// waker's counters and the slot.
+/// whose action is `action(slot)`. Returns the task's thread and its
+/// waker (once made).
 fn spawn_task(
     ctx: &Context,
     action: impl FnOnce(Arc<Mutex<Option<Done>>>) + Send + 'static,
-) -> (
-    thread::JoinHandle<Option<Error>>,
-    Arc<Mutex<Option<Arc<TaskWaker>>>>,
-) {
+) -> (thread::JoinHandle<Option<Error>>, Shown) {
     let done = ctx.done();
     let shown = Arc::new(Mutex::new(None));
     let shown2 = shown.clone();
@@ -121,7 +116,10 @@ fn spawn_task(
     (t, shown)
 }
 
-fn wakes(shown: &Mutex<Option<Arc<TaskWaker>>>) -> usize {
+/// The task's waker, shown to the main thread once the task made it.
+type Shown = Arc<Mutex<Option<Arc<TaskWaker>>>>;
+
+fn wakes(shown: &Shown) -> usize {
     shown
         .lock()
         .unwrap()
