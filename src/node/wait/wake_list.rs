@@ -29,7 +29,7 @@
 //! event-listener, which is not unwind-safe inside `notify`.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::done::TaskGuard;
@@ -66,13 +66,10 @@ impl Wakeup {
         // `try_with`: a wake from a thread-local destructor runs at once.
         let _ = SCOPE.try_with(|s| {
             if s.open.get() {
-                let mut list = s.list.take();
-                list.extend(wakeup.take());
-                // Normally empty; not if the allocation above re-entered
-                // this function (a global allocator that cancels): those
-                // run now, as without a scope.
-                for early in s.list.replace(list) {
-                    early.run_now();
+                // Fails only if this is the push below re-entering (a
+                // global allocator that cancels): that wake-up runs now.
+                if let Ok(mut list) = s.list.try_borrow_mut() {
+                    list.extend(wakeup.take());
                 }
             }
         });
@@ -87,7 +84,7 @@ struct Scope {
     /// Whether a [`WakeScope`] is open on this thread.
     open: Cell<bool>,
     /// The wake-ups recorded while it is.
-    list: Cell<Vec<Wakeup>>,
+    list: RefCell<Vec<Wakeup>>,
 }
 
 #[cfg(not(loom))]
@@ -95,7 +92,7 @@ std::thread_local! {
     static SCOPE: Scope = const {
         Scope {
             open: Cell::new(false),
-            list: Cell::new(Vec::new()),
+            list: RefCell::new(Vec::new()),
         }
     };
 }
@@ -106,7 +103,7 @@ std::thread_local! {
 loom::thread_local! {
     static SCOPE: Scope = Scope {
         open: Cell::new(false),
-        list: Cell::new(Vec::new()),
+        list: RefCell::new(Vec::new()),
     };
 }
 
@@ -140,10 +137,15 @@ impl WakeScope {
         }
         // Closed before anything runs: a wake-up that re-enters the crate
         // opens a scope of its own.
-        let Ok(mut list) = SCOPE.try_with(|s| {
+        let Ok(list) = SCOPE.try_with(|s| {
             s.open.set(false);
-            s.list.take()
+            s.list.try_borrow_mut().map(|mut l| std::mem::take(&mut *l))
         }) else {
+            return None;
+        };
+        // Never borrowed here: only `defer`'s push borrows the list, and a
+        // scope opened inside that push (by an allocator) is inert.
+        let Ok(mut list) = list else {
             return None;
         };
         let mut first = None;
@@ -156,12 +158,11 @@ impl WakeScope {
         // that a wake-up's own scope left behind meanwhile).
         if list.capacity() <= 64 {
             let _ = SCOPE.try_with(|s| {
-                let current = s.list.take();
-                s.list.set(if current.capacity() == 0 {
-                    list
-                } else {
-                    current
-                });
+                if let Ok(mut current) = s.list.try_borrow_mut() {
+                    if current.capacity() == 0 {
+                        *current = list;
+                    }
+                }
             });
         }
         first
