@@ -67,6 +67,14 @@ impl CancelHandle {
         self.cancel_inner(Error::Canceled, Some(into_cause(cause)));
     }
 
+    /// Cancels with [`Error::Canceled`] and an already shared `cause`, so
+    /// that `Context::cause` returns this very `Arc` (for the crate's own
+    /// modules, e.g. `group`, which hand the same cause back to the user).
+    #[cfg(not(loom))]
+    pub(crate) fn cancel_with_shared_cause(&self, cause: crate::Cause) {
+        self.cancel_inner(Error::Canceled, Some(cause));
+    }
+
     /// Turns the handle into a guard that cancels when dropped.
     ///
     /// Go equivalent: `defer cancel()`.

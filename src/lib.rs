@@ -83,6 +83,7 @@
 //!
 //! The algorithm, its invariants and its memory-ordering argument are in
 //! `docs/DESIGN.md`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -94,6 +95,13 @@ mod node;
 mod sync;
 #[cfg(not(loom))]
 mod timer;
+
+#[cfg(not(loom))]
+pub mod group;
+
+#[cfg(all(feature = "signal", unix, not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "signal", unix))))]
+pub mod signal;
 
 #[cfg(all(feature = "tower", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
