@@ -13,6 +13,9 @@
 //! cache (cancellable nodes and anything else of that size and alignment);
 //! other node kinds use the global allocator directly. Under loom the cache
 //! is not used (nodes are never given back there, see `node::dispose`).
+//! Nor under `--cfg ctxtree_sanitize` (`.ci/asan.sh`): a block parked here
+//! and handed out again would hide a use-after-free from AddressSanitizer,
+//! which only sees frees that reach the allocator.
 
 // Under loom `dispose` keeps every node, so nothing is given back here.
 #![cfg_attr(loom, allow(dead_code))]
@@ -75,7 +78,7 @@ std::thread_local! {
 #[inline]
 pub(crate) const fn serves<T>() -> bool {
     let l = Layout::new::<T>();
-    l.size() == BLOCK.size() && l.align() == BLOCK.align() && !cfg!(loom)
+    l.size() == BLOCK.size() && l.align() == BLOCK.align() && !cfg!(any(loom, ctxtree_sanitize))
 }
 
 /// A block with `BLOCK`'s layout, from this thread's cache if it has one.
