@@ -3,12 +3,14 @@
 # loom_matrix, loom_wakers, ...) with a preemption bound per binary.
 #
 # Usage: .ci/loom.sh [BOUND] [FILTER]
-#   BOUND   the bound of every binary without its own (default 2);
+#   BOUND   the bound of every binary without its own (default 2), or `ci`:
+#           the bounds CI runs (CI_BOUNDS below, chosen from the times
+#           measured in docs/VERIFICATION.md to keep the step under 8 min);
 #   FILTER  runs only the models whose `binary::model` name contains it
 #           (e.g. `loom_matrix::`, `merge`).
 # Per-binary bounds: LOOM_<NAME>_BOUND, where NAME is the binary's name
 # without `loom_`, upper-cased: LOOM_CORE_BOUND, LOOM_MATRIX_BOUND,
-# LOOM_WAKERS_BOUND. CI: `LOOM_MATRIX_BOUND=3 .ci/loom.sh 5` (see .ci/run).
+# LOOM_WAKERS_BOUND; they override BOUND, `ci` included.
 #
 # Each model runs in its own process with a wall-clock bound, so a model that
 # explodes fails the step instead of hanging it (loom itself must never be
@@ -16,8 +18,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Per-binary bounds of `.ci/loom.sh ci`; binaries not listed get CI_DEFAULT.
+CI_BOUNDS="core=4 matrix=3 wakers=4"
+CI_DEFAULT=3
+
 default_bound="${1:-2}"
 filter="${2:-}"
+ci=0
+if [ "$default_bound" = ci ]; then
+  ci=1
+  default_bound=$CI_DEFAULT
+fi
 export RUSTFLAGS="--cfg loom --cfg crossbeam_loom"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_LOOM:-target/loom}"
 per_model_limit="${LOOM_MODEL_TIMEOUT:-600}"
@@ -38,8 +49,15 @@ failed=0
 start_all=$(date +%s.%N)
 summary=""
 while read -r name bin; do
-  var="LOOM_$(echo "${name#loom_}" | tr '[:lower:]' '[:upper:]')_BOUND"
-  bound="${!var:-$default_bound}"
+  short="${name#loom_}"
+  var="LOOM_$(echo "$short" | tr '[:lower:]' '[:upper:]')_BOUND"
+  bound=$default_bound
+  if [ "$ci" -eq 1 ]; then
+    for kv in $CI_BOUNDS; do
+      [ "${kv%%=*}" = "$short" ] && bound="${kv#*=}"
+    done
+  fi
+  bound="${!var:-$bound}"
   models=$("$bin" --list 2>/dev/null </dev/null | sed -n 's/: test$//p' | while read -r m; do
     case "$name::$m" in *"$filter"*) echo "$m" ;; esac
   done)
