@@ -81,3 +81,10 @@ fn cause_is_a_shareable_error_trait_object() {
         .unwrap();
     assert_eq!(shared, "context canceled");
 }
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn done_stays_small() {
+    // The context (24 bytes), the listener box and the cached waker guard.
+    assert_eq!(std::mem::size_of::<Done>(), 40);
+}

@@ -662,12 +662,12 @@ fn a_pending_done_holds_one_waker_reference_until_woken() {
     );
     handle.cancel();
     assert_eq!(counting.wakes(), 1);
+    assert_eq!(poll_done(&mut done, &waker), Poll::Ready(Error::Canceled));
     assert_eq!(
         Arc::strong_count(&counting),
         2,
-        "waking consumes the registration's reference"
+        "a completed Done keeps no reference"
     );
-    assert_eq!(poll_done(&mut done, &waker), Poll::Ready(Error::Canceled));
     drop((done, waker));
     assert_eq!(Arc::strong_count(&counting), 1);
 }

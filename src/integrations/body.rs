@@ -6,41 +6,76 @@ use std::task::{Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 
+use crate::integrations::hook::PendingReport;
+use crate::integrations::outcome;
+#[cfg(doc)]
 use crate::integrations::outcome::{ClientDisconnected, RequestFinished};
+use crate::integrations::shutdown::Token;
 use crate::CancelHandle;
 
 /// Ends a request's context exactly once: [`finish`](Self::finish) cancels
 /// with [`RequestFinished`]; dropping it unfinished cancels with
 /// [`ClientDisconnected`] (the response future or the body was dropped
 /// before the end).
+///
+/// It also holds the request's place in a [`ShutdownHandle`]'s count
+/// (`token`), released when the request ends either way.
+///
+/// [`ShutdownHandle`]: crate::integrations::ShutdownHandle
 pub(crate) struct RequestGuard {
     handle: Option<CancelHandle>,
+    token: Option<Token>,
+    /// The `on_request_end` report, made once the context has ended.
+    report: Option<Box<PendingReport>>,
 }
 
 impl RequestGuard {
-    pub(crate) fn new(handle: CancelHandle) -> RequestGuard {
+    pub(crate) fn new(
+        handle: CancelHandle,
+        token: Option<Token>,
+        report: Option<Box<PendingReport>>,
+    ) -> RequestGuard {
         RequestGuard {
             handle: Some(handle),
+            token,
+            report,
         }
     }
 
     pub(crate) fn finished() -> RequestGuard {
-        RequestGuard { handle: None }
+        RequestGuard {
+            handle: None,
+            token: None,
+            report: None,
+        }
+    }
+
+    /// After the context ended: report, then leave the shutdown count (so
+    /// a drain also waits for the report).
+    fn ended(&mut self) {
+        if let Some(report) = self.report.take() {
+            report.report();
+        }
+        self.token = None;
     }
 
     /// The handler (and its body, if any) completed.
     pub(crate) fn finish(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.cancel_with_cause(RequestFinished);
+            handle.cancel_with_shared_cause(outcome::request_finished());
         }
+        // After the cancel: a request counts as in flight until its
+        // context has ended.
+        self.ended();
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.cancel_with_cause(ClientDisconnected);
+            handle.cancel_with_shared_cause(outcome::client_disconnected());
         }
+        self.ended();
     }
 }
 

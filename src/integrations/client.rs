@@ -9,11 +9,14 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use http::Request;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::integrations::grpc_timeout::{self, GRPC_TIMEOUT};
+use std::sync::Arc;
+
+use crate::integrations::deadline_header::DeadlineHeader;
 use crate::{Cause, Context, Done, Error};
 
 /// A boxed error, as tower and hyper use them.
@@ -159,12 +162,18 @@ impl std::error::Error for ContextError {
 /// layer then:
 ///
 /// - fails at once if the context is already done;
-/// - writes `grpc-timeout` from the time left before its deadline (keeping
-///   an existing, smaller header), so the next hop sees the same deadline;
+/// - writes `grpc-timeout` (or the [`DeadlineHeader`]s chosen with
+///   [`deadline_headers`](Self::deadline_headers)) from the time left
+///   before its deadline (keeping an existing, smaller value), so the next
+///   hop sees the same deadline;
 /// - races the call with [`ctx.done()`](Context::done): if the context ends
 ///   first, the call is dropped and fails with the mapped error
 ///   (`DeadlineExceeded` → timed out / `DEADLINE_EXCEEDED`, `Canceled` →
-///   interrupted / `CANCELLED`).
+///   interrupted / `CANCELLED`);
+/// - bounds the *whole* call, body included: the response body is a
+///   [`ClientBody`], whose reads end with that same error once the context
+///   ends (the underlying body is dropped then, which aborts the
+///   transfer), as Go's `resp.Body.Read` does.
 ///
 /// A request with no context passes through untouched. The error type
 /// is chosen by `M`: [`IoErrors`] by default (hyper), or
@@ -183,11 +192,12 @@ impl std::error::Error for ContextError {
 /// // A stand-in for a hyper client: answers with the grpc-timeout it got.
 /// let client = ClientLayer::new().layer(tower::service_fn(|req: http::Request<()>| async move {
 ///     let header = req.headers().get("grpc-timeout").cloned();
-///     Ok::<_, Infallible>(header)
+///     Ok::<_, Infallible>(http::Response::new(header))
 /// }));
 /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
 /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
-/// let sent = client.clone().oneshot(req).await.unwrap().unwrap();
+/// let resp = client.clone().oneshot(req).await.unwrap();
+/// let sent = resp.into_body().into_inner().unwrap().unwrap();
 /// let sent = ctxtree::integrations::grpc_timeout::parse(sent.as_bytes()).unwrap();
 /// assert!(sent <= Duration::from_secs(2));
 ///
@@ -200,6 +210,7 @@ impl std::error::Error for ContextError {
 /// # }
 /// ```
 pub struct ClientLayer<M = IoErrors> {
+    deadline_headers: Arc<[DeadlineHeader]>,
     _mapping: PhantomData<fn() -> M>,
 }
 
@@ -225,8 +236,62 @@ impl<M> ClientLayer<M> {
     /// ```
     pub fn with_mapping() -> ClientLayer<M> {
         ClientLayer {
+            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
             _mapping: PhantomData,
         }
+    }
+
+    /// Also sends the deadline in `header` (in addition to `grpc-timeout`
+    /// and any added before; a header of the same name is replaced), from
+    /// the time left, rounded up to the header's unit. An existing,
+    /// smaller value on the request is kept.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, time::Duration};
+    /// use ctxtree::{Context, integrations::{ClientLayer, DeadlineHeader}};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A Connect-speaking upstream:
+    /// let client = ClientLayer::new()
+    ///     .deadline_headers([DeadlineHeader::connect()])
+    ///     .layer(tower::service_fn(|req: http::Request<()>| async move {
+    ///         Ok::<_, Infallible>(http::Response::new(req.headers().clone()))
+    ///     }));
+    /// let (ctx, _c) = Context::background().with_timeout(Duration::from_secs(2));
+    /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+    /// let sent = client.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// let ms: u64 = sent["connect-timeout-ms"].to_str().unwrap().parse().unwrap();
+    /// assert!(ms > 0 && ms <= 2000);
+    /// assert!(!sent.contains_key("grpc-timeout")); // replaced, not added
+    /// # }
+    /// ```
+    pub fn deadline_header(mut self, header: DeadlineHeader) -> ClientLayer<M> {
+        let mut set: Vec<DeadlineHeader> = self
+            .deadline_headers
+            .iter()
+            .filter(|h| h.name() != header.name())
+            .cloned()
+            .collect();
+        set.push(header);
+        self.deadline_headers = set.into();
+        self
+    }
+
+    /// Sends the deadline in exactly these headers (replacing the default
+    /// `grpc-timeout`; an empty set sends none, the call is still bounded).
+    ///
+    /// ```
+    /// use ctxtree::integrations::{ClientLayer, DeadlineHeader};
+    /// let layer = ClientLayer::new().deadline_headers([DeadlineHeader::connect()]);
+    /// # let _ = layer;
+    /// ```
+    pub fn deadline_headers<I>(mut self, headers: I) -> ClientLayer<M>
+    where
+        I: IntoIterator<Item = DeadlineHeader>,
+    {
+        self.deadline_headers = headers.into_iter().collect();
+        self
     }
 }
 
@@ -238,13 +303,18 @@ impl Default for ClientLayer<IoErrors> {
 
 impl<M> Clone for ClientLayer<M> {
     fn clone(&self) -> Self {
-        ClientLayer::with_mapping()
+        ClientLayer {
+            deadline_headers: Arc::clone(&self.deadline_headers),
+            _mapping: PhantomData,
+        }
     }
 }
 
 impl<M> fmt::Debug for ClientLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientLayer")
+        f.debug_struct("ClientLayer")
+            .field("deadline_headers", &self.deadline_headers)
+            .finish()
     }
 }
 
@@ -254,6 +324,7 @@ impl<S, M> Layer<S> for ClientLayer<M> {
     fn layer(&self, inner: S) -> ClientService<S, M> {
         ClientService {
             inner,
+            deadline_headers: Arc::clone(&self.deadline_headers),
             _mapping: PhantomData,
         }
     }
@@ -271,6 +342,7 @@ impl<S, M> Layer<S> for ClientLayer<M> {
 /// ```
 pub struct ClientService<S, M = IoErrors> {
     inner: S,
+    deadline_headers: Arc<[DeadlineHeader]>,
     _mapping: PhantomData<fn() -> M>,
 }
 
@@ -278,6 +350,7 @@ impl<S: Clone, M> Clone for ClientService<S, M> {
     fn clone(&self) -> Self {
         ClientService {
             inner: self.inner.clone(),
+            deadline_headers: Arc::clone(&self.deadline_headers),
             _mapping: PhantomData,
         }
     }
@@ -304,12 +377,12 @@ impl<S, M> ClientService<S, M> {
     }
 }
 
-impl<S, B, M> Service<Request<B>> for ClientService<S, M>
+impl<S, B, ResBody, M> Service<Request<B>> for ClientService<S, M>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     M: ErrorMapping<S::Error>,
 {
-    type Response = S::Response;
+    type Response = Response<ClientBody<ResBody, M>>;
     type Error = M::Error;
     type Future = ClientFuture<S::Future, M>;
 
@@ -332,12 +405,14 @@ where
                 return ClientFuture::failed(Error::DeadlineExceeded, None);
             }
             let headers = req.headers_mut();
-            let keep = headers
-                .get(GRPC_TIMEOUT)
-                .and_then(|v| grpc_timeout::parse(v.as_bytes()))
-                .is_some_and(|existing| existing <= left);
-            if !keep {
-                headers.insert(GRPC_TIMEOUT, grpc_timeout::encode(left));
+            for h in self.deadline_headers.iter() {
+                let keep = headers
+                    .get(h.name())
+                    .and_then(|v| h.parse(v.as_bytes()))
+                    .is_some_and(|existing| existing <= left);
+                if !keep {
+                    headers.insert(h.name().clone(), h.encode(left));
+                }
             }
         }
         let done = ctx.done();
@@ -354,7 +429,7 @@ pin_project_lite::pin_project! {
     /// use tower::{Layer, Service};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let mut client = ClientLayer::new().layer(tower::service_fn(|_req: http::Request<()>| {
-    ///     std::future::pending::<Result<(), std::io::Error>>() // a call that hangs
+    ///     std::future::pending::<Result<http::Response<String>, std::io::Error>>() // a call that hangs
     /// }));
     /// let (ctx, cancel) = Context::background().with_cancel();
     /// let fut = client.call(http::Request::builder().extension(ctx).body(()).unwrap());
@@ -400,12 +475,12 @@ impl<F, M> fmt::Debug for ClientFuture<F, M> {
     }
 }
 
-impl<F, T, E, M> Future for ClientFuture<F, M>
+impl<F, ResBody, E, M> Future for ClientFuture<F, M>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
     M: ErrorMapping<E>,
 {
-    type Output = Result<T, M::Error>;
+    type Output = Result<Response<ClientBody<ResBody, M>>, M::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -420,8 +495,15 @@ where
         // cancellation seen in the same poll (like run_until_done).
         if let Poll::Ready(result) = inner.poll(cx) {
             this.inner.set(None);
-            *this.done = None;
-            return Poll::Ready(result.map_err(M::inner));
+            // The context's waiter moves on to bound the body.
+            let done = this.done.take();
+            return Poll::Ready(match result {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    Ok(Response::from_parts(parts, ClientBody::new(body, done)))
+                }
+                Err(e) => Err(M::inner(e)),
+            });
         }
         if let Some((done, ctx)) = this.done.as_mut() {
             if let Poll::Ready(err) = Pin::new(done).poll(cx) {
@@ -433,5 +515,145 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of a [`ClientService`] call: the transport's body,
+    /// bounded by the call's context. Once the context ends, the next read
+    /// returns the mapped context error (`io::ErrorKind::TimedOut` /
+    /// `Interrupted` with [`IoErrors`], `DEADLINE_EXCEEDED` / `CANCELLED`
+    /// with `GrpcErrors`) and the underlying body is dropped (which aborts
+    /// the transfer); errors of the body itself are mapped like the
+    /// service's. Frames that are ready win over a cancellation seen in the
+    /// same read only while the context is not yet done when the read
+    /// starts.
+    ///
+    /// Go equivalent: `resp.Body.Read` failing with `ctx.Err()` after the
+    /// request's context ends.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, io, time::Duration};
+    /// use ctxtree::{Context, integrations::ClientLayer};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A server that sends its headers at once, then never finishes the body.
+    /// let slow = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let body = http_body_util::StreamBody::new(futures::stream::pending::<
+    ///         Result<http_body::Frame<bytes::Bytes>, Infallible>,
+    ///     >());
+    ///     Ok::<_, Infallible>(http::Response::new(body))
+    /// });
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
+    /// let req = http::Request::builder().extension(ctx).body(()).unwrap();
+    /// let resp = ClientLayer::new().layer(slow).oneshot(req).await.unwrap(); // headers: fine
+    /// let err: io::Error = resp.into_body().collect().await.unwrap_err(); // body: bounded
+    /// assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    /// # }
+    /// ```
+    pub struct ClientBody<B, M = IoErrors> {
+        #[pin]
+        inner: Option<B>,
+        done: Option<(Done, Context)>,
+        _mapping: PhantomData<fn() -> M>,
+    }
+}
+
+impl<B, M> ClientBody<B, M> {
+    fn new(inner: B, done: Option<(Done, Context)>) -> ClientBody<B, M> {
+        ClientBody {
+            inner: Some(inner),
+            done,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// The transport's body, no longer bounded by the context (`None` if
+    /// the context already ended it).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let svc = ctxtree::integrations::ClientLayer::new().layer(tower::service_fn(
+    ///     |_req: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(String::from("hi"))) },
+    /// ));
+    /// let resp = svc.oneshot(http::Request::new(())).await.unwrap();
+    /// assert_eq!(resp.into_body().into_inner().as_deref(), Some("hi"));
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> Option<B> {
+        let ClientBody { inner, .. } = self;
+        inner
+    }
+}
+
+impl<B, M> Body for ClientBody<B, M>
+where
+    B: Body,
+    M: ErrorMapping<B::Error>,
+{
+    type Data = B::Data;
+    type Error = M::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, M::Error>>> {
+        let mut this = self.project();
+        let Some(body) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        // A read that starts after the context ended fails, whatever is
+        // buffered (Go's body reads do the same).
+        if let Some((_, ctx)) = this.done.as_ref() {
+            if let Err(err) = ctx.err() {
+                let cause = ctx.cause();
+                this.inner.set(None);
+                *this.done = None;
+                return Poll::Ready(Some(Err(M::context(err, cause))));
+            }
+        }
+        match body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(M::inner(e)))),
+            Poll::Ready(None) => {
+                // The end: release the context's waiter now.
+                *this.done = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if let Some((done, ctx)) = this.done.as_mut() {
+            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
+                let cause = ctx.cause();
+                // Abort the transfer now, not when the caller drops us.
+                this.inner.set(None);
+                *this.done = None;
+                return Poll::Ready(Some(Err(M::context(err, cause))));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+    }
+}
+
+impl<B, M> fmt::Debug for ClientBody<B, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBody")
+            .field("ended", &self.inner.is_none())
+            .field("bounded", &self.done.is_some())
+            .finish()
     }
 }

@@ -11,8 +11,12 @@
 //! | piece | feature | what it does |
 //! |---|---|---|
 //! | [`ServerLayer`] | `tower` | per-request child of a server root; deadline = min(cap, `grpc-timeout`); cancelled with [`ClientDisconnected`] or [`RequestFinished`]; optional 504 / `DEADLINE_EXCEEDED` on expiry |
-//! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends (`io::Error` for hyper) |
+//! | [`ServerLayer::timeout`] / [`ServerLayer::nested`] | `tower` | per-route layers: derive from the request's existing context, only tighten its deadline |
+//! | [`ServerLayer::on_request_end`] | `tower` | a callback per ended request: [`RequestEnd`] (outcome, elapsed, cause, method, URI, context) |
+//! | [`ShutdownHandle`] | `tower` | graceful shutdown: counts in-flight requests, refuses new ones (503 / `UNAVAILABLE`), waits a grace period, then cancels the root with [`Shutdown`] |
+//! | [`ClientLayer`] | `tower` | outbound calls send `grpc-timeout` from the remaining time and abort when the context ends, response body included ([`ClientBody`]; `io::Error` for hyper) |
 //! | [`grpc_timeout`] | `tower` | the header codec |
+//! | [`DeadlineHeader`] | `tower` | deadlines in other headers: Connect's `Connect-Timeout-Ms`, Envoy's `x-envoy-expected-rq-timeout-ms`, any integer header; chosen per layer |
 //! | [`Outcome`] | `tower` | how a request context ended: finished, client disconnected, deadline, shutdown |
 //! | `Context: FromRequestParts` (module `axum`) | `axum` | `async fn handler(ctx: Context)` |
 //! | module `tonic` | `tonic` | `tonic::request_context`, `ClientLayer::grpc()` (errors as `tonic::Status`) |
@@ -29,10 +33,9 @@
 //!
 //! async fn handler(ctx: Context) -> String {
 //!     // Work the handler spawns stops when the request ends, whatever ends it.
-//!     let work = tokio::spawn({
-//!         let ctx = ctx.clone();
-//!         async move { ctx.run_until_done(tokio::time::sleep(Duration::from_secs(1))).await }
-//!     });
+//!     let work = tokio::spawn(
+//!         ctx.clone().run_until_done_owned(tokio::time::sleep(Duration::from_secs(1))),
+//!     );
 //!     let _ = ctx.after_func({
 //!         let ctx = ctx.clone();
 //!         move || println!("request ended: {}", Outcome::of(&ctx))
@@ -60,9 +63,12 @@
 
 mod body;
 mod client;
+mod deadline_header;
 pub mod grpc_timeout;
+mod hook;
 mod outcome;
 mod server;
+mod shutdown;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -73,10 +79,14 @@ pub mod tonic;
 
 pub use body::ContextBody;
 pub use client::{
-    BoxError, ClientFuture, ClientLayer, ClientService, ContextError, ErrorMapping, IoErrors,
+    BoxError, ClientBody, ClientFuture, ClientLayer, ClientService, ContextError, ErrorMapping,
+    IoErrors,
 };
+pub use deadline_header::DeadlineHeader;
+pub use hook::RequestEnd;
 pub use outcome::{ClientDisconnected, Outcome, RequestFinished, Shutdown};
 pub use server::{ResponseFuture, ServerLayer, ServerService};
+pub use shutdown::{ShutdownHandle, ShutdownReport};
 
 /// The README's examples, compiled and run as doctests with the features on.
 #[cfg(doctest)]

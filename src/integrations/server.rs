@@ -14,7 +14,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::integrations::body::{ContextBody, RequestGuard};
-use crate::integrations::grpc_timeout::{self, Header};
+use crate::integrations::deadline_header::{self, DeadlineHeader};
+use crate::integrations::hook::{OnEnd, PendingReport, RequestEnd};
+use crate::integrations::shutdown::{ShutdownHandle, Tracker};
 use crate::{Context, Done, Error};
 
 /// A [`tower::Layer`](tower_layer::Layer) that gives every request a
@@ -28,15 +30,24 @@ use crate::{Context, Done, Error};
 ///   cancelling the root (graceful shutdown, ideally with
 ///   [`Shutdown`](crate::integrations::Shutdown) as the cause) cancels every
 ///   in-flight request;
-/// - a deadline: the earlier of the server's cap ([`max_timeout`](Self::max_timeout))
-///   and the request's `grpc-timeout` header (malformed headers are
-///   ignored and [counted](Self::malformed_grpc_timeouts));
+/// - a deadline: the earliest of the server's cap ([`max_timeout`](Self::max_timeout))
+///   and the request's `grpc-timeout` header, or of every
+///   [`DeadlineHeader`] chosen with [`deadline_header`](Self::deadline_header)
+///   (Connect's `Connect-Timeout-Ms`, Envoy's
+///   `x-envoy-expected-rq-timeout-ms`, …); malformed values are ignored
+///   and [counted](Self::malformed_deadline_headers);
 /// - an end: the context is cancelled with
 ///   [`RequestFinished`](crate::integrations::RequestFinished) when the
 ///   handler returns (for a streaming body: when the body ends), and with
 ///   [`ClientDisconnected`](crate::integrations::ClientDisconnected) if the
 ///   response future or body is dropped first (client disconnect, HTTP/2
 ///   reset, an outer timeout).
+///
+/// Inside another layer (the request already carries a [`Context`]), the
+/// request's context derives from that one too, keeping the values and
+/// deadline outer middleware attached; [`ServerLayer::nested`] and
+/// [`ServerLayer::timeout`] make per-route layers with no root of their
+/// own.
 ///
 /// On expiry the default is Go's: the handler observes its context and
 /// decides what to answer. With [`abort_on_deadline`](Self::abort_on_deadline)
@@ -75,15 +86,72 @@ use crate::{Context, Done, Error};
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
-    root: Context,
+    /// `None` for a [`nested`](ServerLayer::nested) layer.
+    root: Option<Context>,
     max_timeout: Option<Duration>,
     abort: bool,
     stats: Arc<Stats>,
+    tracker: Option<Arc<Tracker>>,
+    deadline_headers: Arc<[DeadlineHeader]>,
+    on_end: Option<OnEnd>,
+    /// The deadline parents of [`max_timeout`](Self::max_timeout), shared
+    /// by the requests of one millisecond.
+    cap_cache: Arc<CapCache>,
 }
+
+/// Requests whose deadline is the layer's cap derive from a shared child
+/// of the root whose deadline is `arrival + cap` rounded down to the
+/// millisecond: one timer entry per millisecond of traffic instead of one
+/// per request (the crate's timer has 1 ms ticks: it fires at the same
+/// tick). Only the newest such parent is kept here; older ones live while
+/// their requests do.
+#[derive(Debug)]
+struct CapCache {
+    origin: Instant,
+    /// The newest parent and its deadline, in ms after `origin`.
+    slot: std::sync::Mutex<Option<(u64, Context)>>,
+}
+
+impl CapCache {
+    fn new() -> Arc<CapCache> {
+        Arc::new(CapCache {
+            origin: Instant::now(),
+            slot: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The shared parent for a request arriving at `now`, or `None` (the
+    /// caller then derives its own deadline): when another thread holds
+    /// the slot (never wait), or the numbers do not fit.
+    fn parent(&self, root: &Context, now: Instant, cap: Duration) -> Option<Context> {
+        let since = now.checked_add(cap)?.checked_duration_since(self.origin)?;
+        let tick = u64::try_from(since.as_millis()).ok()?;
+        let mut slot = self.slot.try_lock().ok()?;
+        if let Some((t, parent)) = &*slot {
+            if *t == tick {
+                return Some(parent.clone());
+            }
+        }
+        let deadline = self.origin.checked_add(Duration::from_millis(tick))?;
+        // The handle is not needed: the parent ends with its deadline or
+        // the root, and is freed with its timer once unobservable.
+        let (parent, _handle) = root.with_deadline(deadline);
+        let old = slot.replace((tick, parent.clone()));
+        drop(slot);
+        drop(old);
+        Some(parent)
+    }
+}
+
+/// Below this cap, requests get an exact deadline of their own.
+const CAP_SHARING_MIN: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct Stats {
+    /// Requests with a malformed `grpc-timeout`.
     malformed: AtomicU64,
+    /// Malformed deadline headers, of every configured kind.
+    malformed_any: AtomicU64,
 }
 
 impl ServerLayer {
@@ -97,15 +165,250 @@ impl ServerLayer {
     /// ```
     pub fn new(root: Context) -> ServerLayer {
         ServerLayer {
-            root,
+            root: Some(root),
             max_timeout: None,
             abort: false,
             stats: Arc::default(),
+            tracker: None,
+            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
+            on_end: None,
+            cap_cache: CapCache::new(),
         }
+    }
+
+    /// Calls `f` once per request, when the request has ended — the
+    /// handler returned and its body was sent, the client went away, the
+    /// deadline passed with [`abort_on_deadline`](Self::abort_on_deadline),
+    /// … — with its [`RequestEnd`]: the [`Outcome`](crate::integrations::Outcome),
+    /// the time it took, the cause, the method and URI and the context (for
+    /// the values middleware attached). One place to log or trace "client
+    /// disconnected / deadline exceeded / finished", disconnects included.
+    ///
+    /// `f` runs on the thread that ends the request (inside a poll or a
+    /// drop): keep it short. A panic in `f` is reported on stderr and
+    /// ignored. A [`graceful`](Self::graceful) shutdown waits for it. Not
+    /// called for requests refused during shutdown (no context was made).
+    ///
+    /// Go equivalent: a deferred log line in a net/http middleware, plus
+    /// `context.AfterFunc(r.Context(), …)` for disconnects.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, integrations::{Outcome, ServerLayer}};
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .max_timeout(Duration::from_secs(30))
+    ///     .on_request_end(|end| match end.outcome() {
+    ///         Outcome::Finished => {}
+    ///         other => eprintln!("{} {}: {other} after {:?}", end.method(), end.uri(), end.elapsed()),
+    ///     });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_request_end<F>(mut self, f: F) -> ServerLayer
+    where
+        F: Fn(&RequestEnd) + Send + Sync + 'static,
+    {
+        self.on_end = Some(OnEnd(Arc::new(f)));
+        self
+    }
+
+    /// Also reads `header` as a deadline (in addition to `grpc-timeout`
+    /// and any added before; a header of the same name is replaced). The
+    /// request's deadline is the earliest of every header and the cap;
+    /// malformed values are ignored and
+    /// [counted](Self::malformed_deadline_headers).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use ctxtree::{Context, integrations::{DeadlineHeader, ServerLayer}};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Behind Envoy, speaking Connect as well as gRPC:
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .deadline_header(DeadlineHeader::connect())
+    ///     .deadline_header(DeadlineHeader::envoy());
+    /// let svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+    ///     let ctx = req.extensions().get::<Context>().unwrap();
+    ///     let left = ctx.deadline().unwrap() - std::time::Instant::now();
+    ///     Ok::<_, Infallible>(http::Response::new(left.as_millis().to_string()))
+    /// }));
+    /// let req = http::Request::builder()
+    ///     .header("connect-timeout-ms", "5000")
+    ///     .header("x-envoy-expected-rq-timeout-ms", "200") // the earliest wins
+    ///     .body(()).unwrap();
+    /// let left = svc.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// assert!(left.parse::<u64>().unwrap() <= 200);
+    /// # }
+    /// ```
+    pub fn deadline_header(mut self, header: DeadlineHeader) -> ServerLayer {
+        let mut set: Vec<DeadlineHeader> = self
+            .deadline_headers
+            .iter()
+            .filter(|h| h.name() != header.name())
+            .cloned()
+            .collect();
+        set.push(header);
+        self.deadline_headers = set.into();
+        self
+    }
+
+    /// Reads exactly these deadline headers (replacing the default
+    /// `grpc-timeout`; an empty set reads none).
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::{DeadlineHeader, ServerLayer}};
+    /// // A Connect-only server: grpc-timeout is not trusted.
+    /// let layer = ServerLayer::new(Context::background())
+    ///     .deadline_headers([DeadlineHeader::connect()]);
+    /// # let _ = layer;
+    /// ```
+    pub fn deadline_headers<I>(mut self, headers: I) -> ServerLayer
+    where
+        I: IntoIterator<Item = DeadlineHeader>,
+    {
+        self.deadline_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// How many deadline header values so far did not parse (and were
+    /// ignored), of every configured header, over every service made by
+    /// this layer and its clones.
+    ///
+    /// ```
+    /// # use ctxtree::integrations::ServerLayer;
+    /// let layer = ServerLayer::new(ctxtree::Context::background());
+    /// assert_eq!(layer.malformed_deadline_headers(), 0);
+    /// ```
+    pub fn malformed_deadline_headers(&self) -> u64 {
+        self.stats.malformed_any.load(Ordering::Relaxed)
+    }
+
+    /// A layer for inside another one (per route, per router): it has no
+    /// root of its own and derives each request's context from the one the
+    /// outer layer gave the request (keeping its values, deadline and
+    /// cancellation), or from `Context::background()` when there is none.
+    /// It reads no deadline header (the outer layer did); give it a
+    /// [`max_timeout`](Self::max_timeout) to *tighten* the deadline for
+    /// its routes — a deadline can only get earlier down the tree — and
+    /// [`abort_on_deadline`](Self::abort_on_deadline) to answer 504 there.
+    ///
+    /// [`ServerLayer::timeout`] is the common case in one call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// # #[derive(Clone)] struct Tenant(&'static str);
+    ///
+    /// let (root, _shutdown) = Context::background().with_cancel();
+    /// let reports = Router::new()
+    ///     .route("/reports", get(|ctx: Context| async move { format!("{:?}", ctx.deadline()) }))
+    ///     .layer(ServerLayer::nested().max_timeout(Duration::from_secs(60)));
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "fast" }))
+    ///     .merge(reports)
+    ///     .layer(ServerLayer::new(root).max_timeout(Duration::from_secs(5)));
+    /// // /reports keeps the outer 5 s: a nested timeout only tightens.
+    /// # let _ = app;
+    /// ```
+    pub fn nested() -> ServerLayer {
+        ServerLayer {
+            root: None,
+            max_timeout: None,
+            abort: false,
+            stats: Arc::default(),
+            tracker: None,
+            deadline_headers: Arc::from([]),
+            on_end: None,
+            cap_cache: CapCache::new(),
+        }
+    }
+
+    /// A per-route timeout: [`nested`](Self::nested) with
+    /// [`max_timeout`](Self::max_timeout)`(timeout)`. The route's context
+    /// is a child of the request's context whose deadline is the earlier
+    /// of the two, so it keeps every value outer middleware attached.
+    /// Add [`abort_on_deadline`](Self::abort_on_deadline) to answer 504
+    /// instead of letting the handler decide.
+    ///
+    /// Go equivalent: `context.WithTimeout(r.Context(), d)` at the top of
+    /// the handler, or `http.TimeoutHandler` (with `abort_on_deadline`);
+    /// tower: `TimeoutLayer`, which passes no budget downstream.
+    ///
+    /// ```
+    /// use std::{convert::Infallible, time::{Duration, Instant}};
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// #[derive(Debug)] struct UserId(u32);
+    /// let handler = tower::service_fn(|req: http::Request<()>| async move {
+    ///     let ctx = req.extensions().get::<Context>().unwrap();
+    ///     let left = ctx.deadline().unwrap() - Instant::now();
+    ///     Ok::<_, Infallible>(http::Response::new(format!("{} {}", ctx.value::<UserId>().unwrap().0, left.as_secs())))
+    /// });
+    /// let route = ServerLayer::timeout(Duration::from_secs(2)).layer(handler);
+    /// // What an outer ServerLayer and an auth middleware would have left:
+    /// let (outer, _c) = Context::background().with_value(UserId(7)).with_timeout(Duration::from_secs(30));
+    /// let req = http::Request::builder().extension(outer).body(()).unwrap();
+    /// let body = route.oneshot(req).await.unwrap().into_body().into_inner().unwrap();
+    /// assert_eq!(body, "7 1"); // the value is kept, the deadline tightened to 2 s
+    /// # }
+    /// ```
+    pub fn timeout(timeout: Duration) -> ServerLayer {
+        ServerLayer::nested().max_timeout(timeout)
+    }
+
+    /// A layer whose root is a new child of `parent`, and the
+    /// [`ShutdownHandle`] that drains it: [`ServerLayer::new`] on
+    /// [`ShutdownHandle::root`], then [`graceful`](Self::graceful).
+    ///
+    /// Go equivalent: an `http.Server` (whose `Shutdown` drains it) with
+    /// `BaseContext` returning the root.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, integrations::ServerLayer};
+    /// let (layer, shutdown) = ServerLayer::with_shutdown(&Context::background());
+    /// let layer = layer.max_timeout(Duration::from_secs(30));
+    /// // ... serve with `layer`; on SIGTERM:
+    /// let report = shutdown.shutdown_blocking(Duration::from_secs(10));
+    /// assert!(!report.forced);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_shutdown(parent: &Context) -> (ServerLayer, ShutdownHandle) {
+        let shutdown = ShutdownHandle::new(parent);
+        let layer = ServerLayer::new(shutdown.root().clone()).graceful(&shutdown);
+        (layer, shutdown)
+    }
+
+    /// Counts this layer's in-flight requests in `shutdown`, and refuses
+    /// new requests once it is closed (`503 Service Unavailable` with
+    /// `connection: close`; gRPC: status 14 `UNAVAILABLE`), without
+    /// calling the handler. Several layers may share one handle. Build the
+    /// layer on [`shutdown.root()`](ShutdownHandle::root) (or a descendant)
+    /// for the forced phase of the shutdown to reach its requests.
+    ///
+    /// ```
+    /// use ctxtree::{Context, integrations::{ServerLayer, ShutdownHandle}};
+    /// let shutdown = ShutdownHandle::new(&Context::background());
+    /// let layer = ServerLayer::new(shutdown.root().clone()).graceful(&shutdown);
+    /// # let _ = layer;
+    /// ```
+    pub fn graceful(mut self, shutdown: &ShutdownHandle) -> ServerLayer {
+        self.tracker = Some(Arc::clone(shutdown.tracker()));
+        self
     }
 
     /// Caps every request's time: its deadline is at most `timeout` after
     /// the request arrives, whatever its `grpc-timeout` header says.
+    ///
+    /// Requests whose deadline is the cap (no deadline header asks for
+    /// less) share one timer entry per millisecond of arrivals: their
+    /// deadline is `arrival + timeout` rounded down to the millisecond
+    /// (the crate's timer fires on 1 ms ticks anyway), so it may read up
+    /// to 1 ms earlier than `arrival + timeout`, never later. Caps under
+    /// 50 ms are exact.
     ///
     /// ```
     /// use std::time::Duration;
@@ -115,6 +418,7 @@ impl ServerLayer {
     /// ```
     pub fn max_timeout(mut self, timeout: Duration) -> ServerLayer {
         self.max_timeout = Some(timeout);
+        self.cap_cache = CapCache::new();
         self
     }
 
@@ -157,7 +461,7 @@ impl<S> Layer<S> for ServerLayer {
     fn layer(&self, inner: S) -> ServerService<S> {
         ServerService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -176,7 +480,9 @@ impl<S> Layer<S> for ServerLayer {
 #[derive(Clone, Debug)]
 pub struct ServerService<S> {
     inner: S,
-    layer: ServerLayer,
+    /// Behind one `Arc`: a clone of the service per request (what axum
+    /// does) is one reference count, not one per setting.
+    layer: Arc<ServerLayer>,
 }
 
 impl<S> ServerService<S> {
@@ -203,24 +509,60 @@ impl<S> ServerService<S> {
     }
 
     /// The request context for a request with these headers: a child of
-    /// the root, with the deadline the layer would give it.
-    fn derive(&self, headers: &http::HeaderMap) -> (Context, crate::CancelHandle) {
-        let header = match grpc_timeout::from_headers(headers) {
-            Header::Malformed => {
-                // Relaxed: a statistics counter, ordered with nothing.
-                self.layer.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                None
+    /// the root and of the context an outer layer gave the request, if
+    /// any, with the deadline the layer would give it.
+    fn derive(
+        &self,
+        headers: &http::HeaderMap,
+        outer: Option<&Context>,
+    ) -> (Context, crate::CancelHandle) {
+        let read = deadline_header::read_all(&self.layer.deadline_headers, headers);
+        if read.malformed > 0 {
+            let stats = &self.layer.stats;
+            // Relaxed: statistics counters, ordered with nothing.
+            stats
+                .malformed_any
+                .fetch_add(u64::from(read.malformed), Ordering::Relaxed);
+            if read.grpc_malformed {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
-            h => h.timeout(),
-        };
-        let timeout = match (header, self.layer.max_timeout) {
+        }
+        let timeout = match (read.timeout, self.layer.max_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // The clock is read only for a request with a deadline.
+        let now = timeout.map(|_| Instant::now());
+        if let (Some(root), None, Some(cap), Some(now)) =
+            (&self.layer.root, outer, self.layer.max_timeout, now)
+        {
+            if cap >= CAP_SHARING_MIN && read.timeout.is_none_or(|t| t >= cap) {
+                if let Some(parent) = self.layer.cap_cache.parent(root, now, cap) {
+                    return parent.with_cancel();
+                }
+            }
+        }
         // A timeout too long for `Instant` (e.g. 99999999H) means no deadline.
-        match timeout.and_then(|t| Instant::now().checked_add(t)) {
-            Some(deadline) => self.layer.root.with_deadline(deadline),
-            None => self.layer.root.with_cancel(),
+        let deadline = timeout.zip(now).and_then(|(t, now)| now.checked_add(t));
+        let derive = |parent: &Context| match deadline {
+            Some(deadline) => parent.with_deadline(deadline),
+            None => parent.with_cancel(),
+        };
+        match (&self.layer.root, outer) {
+            (Some(root), None) => derive(root),
+            (None, Some(outer)) => derive(outer),
+            (None, None) => derive(&Context::background()),
+            // Inside another layer: keep the outer request context (its
+            // values first) and still end with this layer's root.
+            (Some(root), Some(outer)) => {
+                let (both, handle) = outer.merge(root);
+                match deadline {
+                    // The merge node ends when the request's child is
+                    // dropped (nothing else can observe it).
+                    Some(deadline) => both.with_deadline(deadline),
+                    None => (both, handle),
+                }
+            }
         }
     }
 }
@@ -246,19 +588,32 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> ResponseFuture<S::Future> {
-        let (ctx, handle) = self.derive(req.headers());
+        let token = match &self.layer.tracker {
+            None => None,
+            Some(tracker) => match tracker.enter() {
+                Some(token) => Some(token),
+                None => return ResponseFuture::refused(is_grpc(&req)),
+            },
+        };
+        let (ctx, handle) = self.derive(req.headers(), req.extensions().get::<Context>());
         let deadline = if self.layer.abort && ctx.deadline().is_some() {
             Some(ctx.done())
         } else {
             None
         };
         let grpc = deadline.is_some() && is_grpc(&req);
+        let report = self
+            .layer
+            .on_end
+            .as_ref()
+            .map(|hook| Box::new(PendingReport::new(&hook.0, &req, &ctx)));
         req.extensions_mut().insert(ctx);
         ResponseFuture {
             inner: Some(self.inner.call(req)),
-            guard: Some(RequestGuard::new(handle)),
+            guard: Some(RequestGuard::new(handle, token, report)),
             deadline,
             grpc,
+            refused: false,
         }
     }
 }
@@ -285,11 +640,29 @@ pin_project_lite::pin_project! {
     /// assert_eq!(Outcome::of(&ctx), Outcome::ClientDisconnected);
     /// ```
     pub struct ResponseFuture<F> {
+        // Declared (so dropped) before `inner`: when the response future is
+        // dropped early, the context ends with `ClientDisconnected` before
+        // the handler's future is dropped, so whatever the handler's drop
+        // cancels (a task group, say) sees why.
+        guard: Option<RequestGuard>,
         #[pin]
         inner: Option<F>,
-        guard: Option<RequestGuard>,
         deadline: Option<Done>,
         grpc: bool,
+        refused: bool,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// The answer to a request that arrives after shutdown began.
+    fn refused(grpc: bool) -> ResponseFuture<F> {
+        ResponseFuture {
+            inner: None,
+            guard: None,
+            deadline: None,
+            grpc,
+            refused: true,
+        }
     }
 }
 
@@ -311,12 +684,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if std::mem::take(this.refused) {
+            return Poll::Ready(Ok(refused_response(*this.grpc)));
+        }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             // Polled after completion: stay pending rather than panic.
             return Poll::Pending;
         };
         if let Poll::Ready(result) = inner.poll(cx) {
             this.inner.set(None);
+            // Stop listening for the deadline before the context ends, so
+            // that ending it has no listener to notify (no spurious wake).
+            *this.deadline = None;
             let mut guard = this.guard.take().unwrap_or_else(RequestGuard::finished);
             return Poll::Ready(match result {
                 Ok(response) => {
@@ -354,6 +733,28 @@ where
     }
 }
 
+/// The answer to a request refused during shutdown: 503 and
+/// `connection: close`, or gRPC status 14 trailers-only.
+fn refused_response<B>(grpc: bool) -> Response<ContextBody<B>> {
+    let mut response = Response::new(ContextBody::empty());
+    let headers = response.headers_mut();
+    if grpc {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("server%20shutting%20down"),
+        );
+    } else {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
+}
+
 /// The answer of `abort_on_deadline`: 504, or gRPC status 4 trailers-only.
 fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
     let mut response = Response::new(ContextBody::empty());
@@ -372,4 +773,140 @@ fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    use super::ServerLayer;
+    use crate::integrations::Outcome;
+    use crate::Context;
+
+    /// Records how the request's context looked when the handler's future
+    /// was dropped.
+    struct OnDrop(Context, Arc<Mutex<Option<Outcome>>>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() = Some(Outcome::of(&self.0));
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<Context>>>;
+    type Answer = std::future::Ready<Result<http::Response<String>, Infallible>>;
+
+    /// A handler, and the contexts it saw, in order.
+    fn recording() -> (
+        impl Service<
+                http::Request<()>,
+                Response = http::Response<String>,
+                Error = Infallible,
+                Future = Answer,
+            > + Clone,
+        Seen,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let svc = tower::service_fn(move |req: http::Request<()>| {
+            let ctx = req.extensions().get::<Context>().unwrap().clone();
+            seen2.lock().unwrap().push(ctx);
+            std::future::ready(Ok(http::Response::new(String::new())))
+        });
+        (svc, seen)
+    }
+
+    fn call_now<S: Service<http::Request<()>>>(svc: &mut S, req: http::Request<()>) {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let fut = std::pin::pin!(svc.call(req));
+        assert!(fut.poll(&mut cx).is_ready());
+    }
+
+    use std::future::Future;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn capped_deadlines_are_shared_rounded_down_and_exact_for_shorter_headers() {
+        let cap = Duration::from_secs(30);
+        let (handler, seen) = recording();
+        let (root, shutdown) = Context::background().with_cancel();
+        let mut svc = ServerLayer::new(root.clone())
+            .max_timeout(cap)
+            .layer(handler);
+        let before = Instant::now();
+        for _ in 0..3 {
+            call_now(&mut svc, http::Request::new(()));
+        }
+        let with_header = http::Request::builder()
+            .header("grpc-timeout", "5S")
+            .body(())
+            .unwrap();
+        call_now(&mut svc, with_header);
+        let after = Instant::now();
+        let seen = seen.lock().unwrap();
+        for ctx in &seen[..3] {
+            let d = ctx.deadline().unwrap();
+            // Never later than arrival + cap; at most 1 ms earlier.
+            assert!(d <= after + cap, "{d:?}");
+            assert!(d + Duration::from_millis(1) >= before + cap, "{d:?}");
+            assert_eq!(Outcome::of(ctx), Outcome::Finished);
+        }
+        let d = seen[3].deadline().unwrap();
+        assert!(d <= after + Duration::from_secs(5) && d >= before + Duration::from_secs(5));
+        drop(seen);
+        // The root still ends requests derived from the shared parent.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut slow = ServerLayer::new(root)
+            .max_timeout(cap)
+            .layer(tower::service_fn(move |req: http::Request<()>| {
+                tx.send(req.extensions().get::<Context>().unwrap().clone())
+                    .unwrap();
+                std::future::pending::<Result<http::Response<String>, Infallible>>()
+            }));
+        let pending = slow.call(http::Request::new(()));
+        let running = rx.recv().unwrap();
+        assert!(!running.is_done());
+        shutdown.cancel_with_cause(crate::integrations::Shutdown);
+        assert_eq!(Outcome::of(&running), Outcome::Shutdown);
+        drop(pending);
+    }
+
+    #[test]
+    fn shared_capped_deadline_fires_and_aborts() {
+        // 60 ms: above the sharing threshold, so the shared parent's timer
+        // is what ends the request.
+        let mut svc = ServerLayer::new(Context::background())
+            .max_timeout(Duration::from_millis(60))
+            .abort_on_deadline()
+            .layer(tower::service_fn(|_req: http::Request<()>| {
+                std::future::pending::<Result<http::Response<String>, Infallible>>()
+            }));
+        let resp = futures::executor::block_on(svc.call(http::Request::new(()))).unwrap();
+        assert_eq!(resp.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn handler_dropped_after_the_context_ends_as_disconnected() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = Arc::clone(&seen);
+        let mut svc = ServerLayer::new(Context::background()).layer(tower::service_fn(
+            move |req: http::Request<()>| {
+                let ctx = req.extensions().get::<Context>().unwrap().clone();
+                let guard = OnDrop(ctx, Arc::clone(&seen2));
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<Result<http::Response<String>, Infallible>>().await
+                }
+            },
+        ));
+        let fut = svc.call(http::Request::new(()));
+        drop(fut);
+        let outcome = seen.lock().unwrap().take();
+        assert_eq!(outcome, Some(Outcome::ClientDisconnected));
+    }
 }

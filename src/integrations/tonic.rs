@@ -19,7 +19,10 @@ use crate::{Cause, Context, Error};
 /// use ctxtree::{Context, integrations::tonic::{request_context, set_context}};
 ///
 /// async fn say_hello(req: tonic::Request<String>) -> Result<tonic::Response<String>, tonic::Status> {
-///     let ctx = request_context(&req).unwrap_or_default();
+///     // Not `unwrap_or_default()`: without the layer that would be a
+///     // context that never ends, silently. See also `require_context`.
+///     let ctx = request_context(&req)
+///         .ok_or_else(|| tonic::Status::internal("no request context: is ServerLayer installed?"))?;
 ///     let name = req.into_inner();
 ///     // Gives DEADLINE_EXCEEDED / CANCELLED if the context ends first.
 ///     let reply = ctx.run_until_done(async move { format!("hello {name}") })
@@ -36,6 +39,35 @@ use crate::{Cause, Context, Error};
 /// ```
 pub fn request_context<T>(req: &tonic::Request<T>) -> Option<Context> {
     req.extensions().get::<Context>().cloned()
+}
+
+/// The [`Context`] of a gRPC request, or `INTERNAL` if there is none (no
+/// [`ServerLayer`](crate::integrations::ServerLayer) in front of the
+/// service): a misconfiguration should fail loudly, not give the handler a
+/// context that never ends (what `request_context(..).unwrap_or_default()`
+/// would).
+///
+/// ```
+/// use ctxtree::{Context, integrations::tonic::{require_context, set_context}};
+///
+/// async fn handler(req: tonic::Request<()>) -> Result<tonic::Response<()>, tonic::Status> {
+///     let ctx = require_context(&req)?;
+///     ctx.run_until_done(async {}).await.map_err(tonic::Status::from)?;
+///     Ok(tonic::Response::new(()))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let err = handler(tonic::Request::new(())).await.unwrap_err();
+/// assert_eq!(err.code(), tonic::Code::Internal);
+/// let mut req = tonic::Request::new(());
+/// set_context(&mut req, Context::background());
+/// assert!(handler(req).await.is_ok());
+/// # }
+/// ```
+#[allow(clippy::result_large_err)] // tonic handlers return Status as is
+pub fn require_context<T>(req: &tonic::Request<T>) -> Result<Context, Status> {
+    request_context(req)
+        .ok_or_else(|| Status::internal("no request context: ctxtree ServerLayer is not installed"))
 }
 
 /// Attaches `ctx` to an outbound `tonic::Request`: a client channel wrapped

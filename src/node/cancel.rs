@@ -14,10 +14,10 @@
 //! `cancel` returns even if the thread that cancelled that child has not
 //! finished its own walk.
 //!
-//! Callbacks run after the walk, with nothing internal held. Wakers run
-//! inside `Event::notify` (under event-listener's own list lock, while we are
-//! pinned), guarded so that a panicking waker cannot unwind through
-//! event-listener (see `wait`). A panic in either does not stop the others:
+//! Wakers and callbacks run after the walk, with nothing internal held:
+//! the wakers event-listener calls inside `Event::notify` only record their
+//! wake-up in the walk's `WakeScope` (see `wait::wake_list`), performed once
+//! the walk has dropped its pin. A panic in either does not stop the others:
 //! the walk is finished first and the first panic is resumed at the end.
 
 use std::any::Any;
@@ -26,7 +26,7 @@ use std::ptr::NonNull;
 
 use super::callback::{self, CallbackNode};
 use super::state::Snapshot;
-use super::wait::{take_wake_panic, WaitersNode};
+use super::wait::{WaitersNode, WakeScope};
 use super::{
     as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
 };
@@ -114,6 +114,10 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     }
     let mut panics = Panics::default();
     let mut callbacks: Vec<NonNull<CallbackNode>> = Vec::new();
+    // The wake-ups of the waiters notified by the walk, performed once the
+    // walk holds nothing (unless a scope is already open on this thread:
+    // then that one performs them).
+    let wakeups = WakeScope::open();
     {
         let mut guard = WalkGuard::new();
         // The root is taken first without allocating: a leaf cancel never
@@ -186,12 +190,8 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                         }
                         Kind::Waiters => {
                             let w = entry.cast::<WaitersNode>();
+                            // Only records the wake-ups, in `wakeups`.
                             panics.run(|| w.as_ref().notify_all());
-                            // Wakers run under a panic-catching guard (see
-                            // `wait`); collect what they threw.
-                            if let Some(payload) = take_wake_panic() {
-                                panics.0.get_or_insert(payload);
-                            }
                         }
                         Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
                     }
@@ -216,6 +216,11 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
                 drop(held);
             }
         }
+    }
+    // No pin, no walk count, no list lock held: wake the woken (each under
+    // `catch_unwind`), then run the callbacks.
+    if let Some(payload) = wakeups.close() {
+        panics.0.get_or_insert(payload);
     }
     for cb in callbacks {
         // SAFETY: we won the callback's run claim.

@@ -175,3 +175,180 @@ impl Wake for CountingWaker {
 pub fn count(counter: &AtomicUsize) -> usize {
     counter.load(Ordering::SeqCst)
 }
+
+/// A counting global allocator for the soak binaries (`tests/soak.rs`,
+/// `tests/server_soak.rs`), which register it with
+/// `#[global_allocator] static A: common::counting::Counting = common::counting::Counting;`.
+///
+/// It works in release builds (unlike `__private::live_claims`, which
+/// exists only with debug assertions), so the ASan run (`--release`) still
+/// checks that every node is freed. Same scheme as `tests/leaks.rs`: each
+/// allocation made by a *tracked* thread carries a tag in a small header,
+/// and the tagged bytes still allocated are counted whichever thread frees
+/// them, so memory the crate frees later through the epoch or on the timer
+/// thread is accounted for, and libtest's own allocations are not.
+pub mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicIsize, Ordering};
+
+    /// Bytes allocated by tracked threads and not yet freed.
+    static TRACKED_BYTES: AtomicIsize = AtomicIsize::new(0);
+    /// Header tag of a tracked allocation.
+    const TAG: usize = 0x50a4_d00d_5eed_0002;
+
+    std::thread_local! {
+        static TRACKING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn tracking() -> bool {
+        TRACKING.try_with(Cell::get).unwrap_or(false)
+    }
+
+    /// Counts the current thread's allocations from now on.
+    pub fn track_this_thread() {
+        let _ = TRACKING.try_with(|t| t.set(true));
+    }
+
+    /// Stops counting the current thread's allocations (their frees are
+    /// still counted).
+    pub fn untrack_this_thread() {
+        let _ = TRACKING.try_with(|t| t.set(false));
+    }
+
+    /// Bytes allocated by tracked threads and not yet freed.
+    pub fn tracked_bytes() -> isize {
+        // SeqCst: read after joins / channel hand-offs; the strongest
+        // ordering keeps the reasoning trivial in a test.
+        TRACKED_BYTES.load(Ordering::SeqCst)
+    }
+
+    /// The allocator: `System` with a tag word in front of every block.
+    pub struct Counting;
+
+    impl Counting {
+        /// Room in front of the block for the tag, keeping the alignment.
+        fn offset(layout: Layout) -> usize {
+            layout.align().max(2 * std::mem::size_of::<usize>())
+        }
+
+        fn outer(layout: Layout) -> Option<Layout> {
+            let off = Self::offset(layout);
+            Layout::from_size_align(layout.size().checked_add(off)?, off).ok()
+        }
+
+        /// # Safety
+        /// `base` is null or a fresh block of `outer(layout)`.
+        unsafe fn finish(base: *mut u8, layout: Layout, tracked: bool) -> *mut u8 {
+            if base.is_null() {
+                return base;
+            }
+            let off = Self::offset(layout);
+            // SAFETY: the block has `off` bytes in front of the user part,
+            // and `off` is a multiple of usize's alignment.
+            unsafe {
+                let user = base.add(off);
+                user.cast::<usize>()
+                    .sub(1)
+                    .write(if tracked { TAG } else { 0 });
+                if tracked {
+                    // Relaxed: a statistic; readers synchronise through
+                    // joins and channels before reading it.
+                    TRACKED_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+                }
+                user
+            }
+        }
+
+        /// # Safety
+        /// `ptr` came from this allocator.
+        unsafe fn tracked_block(ptr: *mut u8) -> bool {
+            // SAFETY: the tag word precedes every block we hand out.
+            unsafe { ptr.cast::<usize>().sub(1).read() == TAG }
+        }
+    }
+
+    // SAFETY: delegates to `System` with a larger layout and hands out a
+    // correctly aligned interior pointer; dealloc/realloc undo the offset.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let Some(outer) = Self::outer(layout) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: forwarded with a non-zero size; `finish` gets a fresh
+            // block of `outer`.
+            unsafe { Self::finish(System.alloc(outer), layout, tracking()) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let Some(outer) = Self::outer(layout) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: as above.
+            unsafe { Self::finish(System.alloc_zeroed(outer), layout, tracking()) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `alloc` with `layout`, so `outer`
+            // exists and the block starts `offset` bytes before it.
+            unsafe {
+                if Self::tracked_block(ptr) {
+                    // Relaxed: as in `finish`.
+                    TRACKED_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+                }
+                let outer = Self::outer(layout).unwrap_unchecked();
+                System.dealloc(ptr.sub(Self::offset(layout)), outer);
+            }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // A moved block keeps the tag of the block it came from.
+            // SAFETY: `ptr` came from `alloc` with `layout`; the new layout
+            // is valid per the `GlobalAlloc` contract.
+            unsafe {
+                let tracked = Self::tracked_block(ptr);
+                let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+                let Some(outer) = Self::outer(new_layout) else {
+                    return std::ptr::null_mut();
+                };
+                let new = Self::finish(System.alloc(outer), new_layout, tracked);
+                if !new.is_null() {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+                new
+            }
+        }
+    }
+}
+
+/// Runs `ctxtree::__private::flush_epoch()` on the crate's timer thread
+/// (`ctxtree-timer`), from an `after_func` callback of a deadline context
+/// the timer fires, and waits (at most `limit`) until it ran. The timer
+/// thread drops the last reference to nodes it fired, so it can keep freed
+/// node blocks in its per-thread cache; a leak check that counts allocated
+/// bytes empties that cache this way. Returns false if the callback did not
+/// run on the timer thread in time.
+pub fn flush_timer_thread(limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let (tx, rx) = mpsc::channel::<bool>();
+        // Long enough that the context is not done when the callback is
+        // registered (else it would run here, on this thread).
+        let (ctx, _handle) = ctxtree::Context::background().with_timeout(Duration::from_millis(5));
+        let af = ctx.after_func(move || {
+            let on_timer = thread::current().name() == Some("ctxtree-timer");
+            if on_timer {
+                ctxtree::__private::flush_epoch();
+            }
+            let _ = tx.send(on_timer);
+        });
+        let got = rx.recv_timeout(limit);
+        drop((ctx, af));
+        match got {
+            Ok(true) => return true,
+            Ok(false) | Err(_) => continue,
+        }
+    }
+    false
+}

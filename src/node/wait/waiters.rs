@@ -1,0 +1,117 @@
+//! A node's waiter event.
+//!
+//! The waiter [`Event`] of a node is created on the first `done()` or
+//! `wait*()` (most contexts never allocate one) and published twice: by a
+//! compare-exchange on `CancelNode::waiters`, so every waiter finds the same
+//! event, and as an entry of the node's children list, so the canceller
+//! finds it while walking (no extra atomic on the cancel path).
+//!
+//! Lost wake-ups are excluded by check → listen → fence → re-check
+//! (invariant 12): a waiter inserts its listener, issues a SeqCst fence and
+//! re-reads the state word; the notifier (the canceller walking the list, or
+//! the waiter that found the list already sealed) publishes the state before
+//! `Event::notify`, which starts with a SeqCst fence. Either the waiter's
+//! re-check sees done, or the notifier sees the listener.
+
+use std::panic::resume_unwind;
+use std::ptr;
+
+use super::wake_list::WakeScope;
+use crate::node::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
+use crate::sync::{fence, Event, EventListener, Ordering};
+
+/// The list entry that carries a node's waiter event. Claims: one for the
+/// owner, one for the list.
+#[repr(C)]
+pub(crate) struct WaitersNode {
+    pub(crate) header: Header,
+    event: Event,
+}
+
+impl WaitersNode {
+    /// Wakes every listener, once nothing internal is held.
+    ///
+    /// Plain `notify`, not a relaxed variant: its leading SeqCst fence is
+    /// the notifier's half of invariant 12. (`notify_additional` would walk
+    /// the same entries: every listener is unnotified until this call, and
+    /// the per-listener cost is the same.)
+    ///
+    /// The wakers event-listener calls inside `notify` only record their
+    /// wake-up in this thread's [`WakeScope`]: the cancellation walk's, if
+    /// one is running here (it wakes them after the walk), else a scope
+    /// opened here, which wakes them once `notify` has returned (released
+    /// its lock). A waker's panic then resumes here, as from a cancel.
+    pub(crate) fn notify_all(&self) {
+        let scope = WakeScope::open();
+        self.event.notify(usize::MAX);
+        if let Some(payload) = scope.close() {
+            resume_unwind(payload);
+        }
+    }
+}
+
+/// The scope's event, created and published on first use.
+fn event_of(scope: &CancelNode) -> &Event {
+    // Acquire: pairs with the AcqRel publication below.
+    let current = scope.waiters.load(Ordering::Acquire);
+    if !current.is_null() {
+        // SAFETY: published entries live as long as their owner.
+        return unsafe { &(*current).event };
+    }
+    event_slow(scope)
+}
+
+#[cold]
+fn event_slow(scope: &CancelNode) -> &Event {
+    let fresh = crate::node::alloc(WaitersNode {
+        header: Header::new(Kind::Waiters, 0, 2, FLAG_LINKED),
+        event: Event::new(),
+    });
+    // AcqRel: Release publishes the entry; Acquire reads a winner's.
+    match scope.waiters.compare_exchange(
+        ptr::null_mut(),
+        fresh.as_ptr(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Err(winner) => {
+            // SAFETY: ours, never published.
+            unsafe { crate::node::free_with_claims(fresh.cast()) };
+            // SAFETY: published entries live as long as their owner.
+            unsafe { &(*winner).event }
+        }
+        Ok(_) => {
+            let entry = fresh.cast::<Header>();
+            // SAFETY: valid as above.
+            let w = unsafe { fresh.as_ref() };
+            // SAFETY: valid; claims include the list's.
+            let linked = unsafe { scope.children.push(entry) }.is_ok();
+            if !linked {
+                // Already done (sealed): never linked.
+                w.header.next.mark();
+                // SAFETY: the list's claim, never used.
+                unsafe { release_claim(entry) };
+            }
+            // Linked, but the push/cancel handshake says the scope is done
+            // (a walker found its list empty, see `ChildList::push`): no
+            // walker will notify this event. Either way, whoever listened
+            // meanwhile is woken here (a waker's panic resumes in this
+            // waiter, which did the cancellation's work); later listeners
+            // see done on their re-check.
+            if !linked || scope.state.load_after_push().is_done() {
+                w.notify_all();
+            }
+            // SAFETY: published entries live as long as their owner.
+            unsafe { &(*fresh.as_ptr()).event }
+        }
+    }
+}
+
+/// Registers a listener on `scope` for a waiter that has just seen it live.
+pub(crate) fn listen(scope: &CancelNode) -> EventListener {
+    let listener = event_of(scope).listen();
+    // SeqCst: the waiter's half of invariant 12 (the notifier's half is the
+    // fence at the start of `Event::notify`).
+    fence(Ordering::SeqCst);
+    listener
+}
