@@ -13,8 +13,9 @@
 //! says how to add a cell and what the matrix found.
 //!
 //! Budget by time per cell (`CTXTREE_RACE_MS`, default 40 ms, and at least
-//! `CTXTREE_RACE_MIN_ROUNDS` rounds, default 1000): the native debug run
-//! is short; `.ci/asan.sh` and `.ci/tsan.sh` give it more. Each test prints
+//! `CTXTREE_RACE_MIN_ROUNDS` rounds, default 1000, unless the cell reaches
+//! `CTXTREE_RACE_MAX_MS`, default five times the first): the native debug
+//! run is short; `.ci/asan.sh` and `.ci/tsan.sh` give it more. Each test prints
 //! one summary line (cells, rounds, seconds) straight to stderr, past the
 //! test harness's capture; `CTXTREE_RACE_VERBOSE=1` adds one line per cell.
 //!
@@ -143,12 +144,10 @@ fn race_matrix() {
 
 /// The re-entrant waker column (issue 9 §5): a task waker that, inside
 /// `wake`, cancels its context, its parent or an unrelated one, derives,
-/// drops, or polls a new `done()`. It deadlocks until wakers run with
-/// nothing held (branch `wakers`); remove the `#[ignore]` once that is
-/// merged. Run it alone with
-/// `cargo test --test races -- --ignored race_matrix_reentrant_wakers`.
+/// drops, or polls a new `done()`. Before wakers ran with nothing held
+/// (f6a9bfc and earlier), `waker-cancels-self` and `waker-cancels-parent`
+/// deadlocked here (the watchdog failed the cell).
 #[test]
-#[ignore = "issue 9 §5: re-entrant wakers deadlock until branch `wakers` is merged"]
 fn race_matrix_reentrant_wakers() {
     run_matrix("race_matrix_reentrant_wakers", Cell::reentrant);
 }

@@ -272,9 +272,9 @@ impl Cell {
         }
     }
 
-    /// True for the re-entrant waker column (issue 9 §5), which
-    /// deadlocks until wakers run with nothing held: run by the
-    /// `#[ignore]`d `race_matrix_reentrant_wakers` test only.
+    /// True for the re-entrant waker column (issue 9 §5), run by its own
+    /// test, `race_matrix_reentrant_wakers` (it deadlocked before wakers
+    /// ran with nothing held).
     pub fn reentrant(&self) -> bool {
         matches!(self.action, Action::Reenter(_))
     }
