@@ -610,7 +610,9 @@ fn build(
             }),
         });
         let mut done = a.target.done();
-        assert!(poll_once(&mut done, &Waker::from(waker)).is_pending());
+        let polled = poll_once(&mut done, &Waker::from(waker));
+        // Only a real deadline can have passed already (a slow build).
+        assert!(polled.is_pending() || cell.landing == Landing::Timer);
         a.reentrant = Some(done);
     }
     (a, b, slot)

@@ -386,7 +386,10 @@ where
 pub struct TimerPlan {
     /// Cases per batch (they share one deadline).
     pub batch: usize,
-    /// How far ahead of its build the batch's deadline lies.
+    /// How far ahead of its build the batch's deadline lies, at least
+    /// (twice the previous batch's build time if that is more). A build
+    /// can still overrun it (the thread preempted): cases whose deadline
+    /// passed before they were complete are raced all the same.
     pub lead: Duration,
     /// A starts acting at the deadline plus a random offset in
     /// `-window/2 .. window/2`.
@@ -451,8 +454,12 @@ where
 
         let mut rng = Rng::new(seed);
         let builder = panic::catch_unwind(AssertUnwindSafe(|| {
+            // The deadline must lie beyond the batch's build: twice the
+            // last build's time (slow under a sanitizer), at least `lead`.
+            let mut build_time = Duration::ZERO;
             while budget.more(report.rounds, start.elapsed()) {
-                let deadline = Instant::now() + plan.lead;
+                let built = Instant::now();
+                let deadline = built + plan.lead.max(build_time * 2);
                 let (mut va, mut vb, mut vk) = (Vec::new(), Vec::new(), Vec::new());
                 for i in 0..plan.batch {
                     let (pa, pb, k) = build(report.rounds + i, deadline, &mut rng);
@@ -460,6 +467,7 @@ where
                     vb.push(pb);
                     vk.push(k);
                 }
+                build_time = built.elapsed();
                 let sent = Instant::now();
                 if to_a.send((deadline, va)).is_err() || done_rx.recv().is_err() {
                     return;
