@@ -4,8 +4,9 @@
 Inputs (one run, all in the same target directory):
   <target>/criterion/<workload>/<impl>[/<param>]/new/{estimates,sample}.json
       criterion benches (benches/tree.rs)
-  <results>/bulk.jsonl, memory.jsonl, go.jsonl, meta.json
-      benches/bulk.rs, benches/memory.rs, benches/go (run.sh), benches/run.sh
+  <results>/bulk.jsonl, memory.jsonl, layer.jsonl, go.jsonl, meta.json
+      benches/bulk.rs, benches/memory.rs, benches/layer.rs, benches/go
+      (run.sh), benches/run.sh
 
 Outputs:
   docs/bench/results.json     every row, merged
@@ -105,7 +106,7 @@ def load_criterion(target):
 
 def load_jsonl(results):
     rows = []
-    for name in ["bulk", "memory", "go"]:
+    for name in ["bulk", "memory", "layer", "go"]:
         p = results / f"{name}.jsonl"
         if not p.exists():
             continue
@@ -188,6 +189,41 @@ def targets(get):
     v1 = c("W11_value_depth/1")
     t("W11_value_depth/1000", "independent of layers (1000 ≤ 1.25× 1 layer)", c("W11_value_depth/1000"),
       None if v1 is None else 1.25 * v1)
+    return out
+
+
+# benches/layer.rs (issue 13 §2): rows in table order, and its columns.
+LAYER_ROWS = [
+    "bare service_fn",
+    "ServerLayer, no deadline",
+    "ServerLayer max_timeout(30 s)",
+    "… + abort_on_deadline",
+    "tower TimeoutLayer(30 s)",
+    "tower-http TimeoutLayer(30 s)",
+]
+LAYER_COLUMNS = ["ready", "yields once"]
+
+
+def layer_section(get):
+    """The per-request table of benches/layer.rs and its target, or []."""
+    if not any(get(r, c) for r in LAYER_ROWS for c in LAYER_COLUMNS):
+        return []
+    med = lambda r, c: (get(r, c) or {}).get("median")  # noqa: E731
+    out = ["### Per-request cost of the server layer (issue 13 §2), from this run", "",
+           "`oneshot` of a cloned service per request (as axum does) on a current-thread tokio "
+           "runtime; the handler answers at once, or after yielding once. Cases interleaved "
+           "round by round; median over the rounds, ns/request.", "",
+           "| case | handler ready at once | handler yields once |", "|---|---:|---:|"]
+    for r in LAYER_ROWS:
+        out.append(f"| {r} | " + " | ".join(fmt(med(r, c)) for c in LAYER_COLUMNS) + " |")
+    out += ["", "| target | column | ServerLayer + deadline + abort | tower TimeoutLayer | met |",
+            "|---|---|---:|---:|---|"]
+    for c in LAYER_COLUMNS:
+        lhs, rhs = med("… + abort_on_deadline", c), med("tower TimeoutLayer(30 s)", c)
+        ok = None if lhs is None or rhs is None else lhs <= rhs
+        verdict = "–" if ok is None else ("yes" if ok else f"**no** ({lhs / rhs:.2f}×)")
+        out.append(f"| ≤ tower TimeoutLayer | {c} | {fmt(lhs)} | {fmt(rhs)} | {verdict} |")
+    out.append("")
     return out
 
 
@@ -305,6 +341,7 @@ def main():
             verdict += f" ({lhs / rhs:.2f}× the bound)"
         lines.append(f"| {row} | {desc} | {fmt(lhs)} | {fmt(rhs)} | {verdict} |")
     lines.append("")
+    lines += layer_section(get)
     lines.append("### Charts")
     lines.append("")
     for key, unit, limit in ROWS:

@@ -7,7 +7,8 @@
 #                            measurements, report written under the target
 #                            dir, docs/ left untouched
 #
-# Rust benches (criterion: benches/tree.rs; custom: bulk.rs, memory.rs),
+# Rust benches (criterion: benches/tree.rs; custom: bulk.rs, memory.rs,
+# layer.rs),
 # then Go's context (benches/go/run.sh; skipped with a message if Go cannot
 # be installed), then benches/report.py.
 set -euo pipefail
@@ -37,7 +38,7 @@ json.dump({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cp
 PY
 echo "load average at start: $(load)"
 
-cargo bench --bench tree --bench bulk --bench memory
+cargo bench --bench tree --bench bulk --bench memory --bench layer
 
 bash benches/go/run.sh || echo "benches/go: skipped (run.sh failed)"
 

@@ -6,13 +6,19 @@
 //! cargo run --release --example client             # (other terminal) drive it
 //! ```
 //!
-//! `GET /work?ms=N` fans out to three concurrent sub-tasks (N/3, 2N/3 and N
-//! ms of "work") and one downstream HTTP call (`/downstream`, on this same
-//! server, through `ClientLayer`, so it inherits the deadline as
-//! `grpc-timeout`). Every request's context is derived by `ServerLayer`
-//! from a root that Ctrl-C (or `GET /shutdown`) cancels with the `Shutdown`
-//! cause; the server prints how each context ended: request finished,
-//! client disconnected, deadline exceeded, or server shutting down.
+//! `GET /work?ms=N` fans out, in a task group (`ctxtree::group::Group`, Go's
+//! errgroup), to three sub-tasks (N/3, 2N/3 and N ms of "work": two tokio
+//! tasks and one blocking thread) and one downstream HTTP call
+//! (`/downstream`, on this same server, through `ClientLayer`, so it
+//! inherits the deadline as `grpc-timeout`). With `&fail=K`, sub-task K
+//! fails: the group cancels its siblings with that error as the cause and
+//! the handler answers 500 with it. Every request's context is derived by
+//! `ServerLayer` from the root of a `ShutdownHandle`; Ctrl-C (or
+//! `GET /shutdown`) drains: new requests are refused, running ones get a
+//! grace period, then the root is cancelled with the `Shutdown` cause. The
+//! server prints how each context ended: request finished, client
+//! disconnected, deadline exceeded, canceled by a sibling's error, or
+//! server shutting down.
 
 #[path = "client.rs"]
 mod client;
@@ -27,8 +33,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use ctxtree::integrations::{ClientLayer, ClientService, Outcome, ServerLayer, Shutdown};
-use ctxtree::{CancelHandle, Context, Error};
+use ctxtree::group::Group;
+use ctxtree::integrations::{ClientLayer, ClientService, Outcome, ServerLayer, ShutdownHandle};
+use ctxtree::{Context, Error};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -41,7 +48,8 @@ type Downstream = ClientService<Client<HttpConnector, Empty<Bytes>>>;
 struct App {
     addr: SocketAddr,
     downstream: Downstream,
-    shutdown: CancelHandle,
+    /// Drains the server: see `drain`.
+    shutdown: ShutdownHandle,
     /// How each request's context ended, by `x-request-id`.
     outcomes: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -80,7 +88,8 @@ fn query_u64(uri: &Uri, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// `/work?ms=N`: three sub-tasks and a downstream call, all under `ctx`.
+/// `/work?ms=N[&fail=K]`: three sub-tasks and a downstream call, in a
+/// task group under `ctx`.
 async fn work(
     State(app): State<App>,
     ctx: Context,
@@ -90,47 +99,83 @@ async fn work(
     let id = request_id(&headers);
     app.track(&ctx, &id, "/work");
     let ms = query_u64(&uri, "ms").unwrap_or(100).min(60_000);
+    let fail = query_u64(&uri, "fail");
 
-    let subtasks: Vec<_> = (1..=3u64)
-        .map(|i| {
-            let (ctx, id) = (ctx.clone(), id.clone());
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let work = tokio::time::sleep(Duration::from_millis(ms * i / 3));
-                match ctx.run_until_done(work).await {
-                    Ok(()) => format!(
-                        "sub-task {i}: done after {} ms",
-                        start.elapsed().as_millis()
-                    ),
-                    Err(_) => {
-                        let line = format!(
-                            "sub-task {i}: stopped after {} ms: {}",
-                            start.elapsed().as_millis(),
-                            Outcome::of(&ctx)
-                        );
-                        println!("server: request {id:<6} {line}");
-                        line
-                    }
-                }
-            })
-        })
-        .collect();
-
-    let downstream = call_downstream(&app, &ctx, &id, ms);
-    let mut lines = vec![downstream.await];
-    for task in subtasks {
-        lines.push(
-            task.await
-                .unwrap_or_else(|e| format!("sub-task panicked: {e}")),
-        );
+    // Go's errgroup.WithContext: the group's context is a child of the
+    // request's; the first task to fail cancels it with its error.
+    let g = Group::new(&ctx).with_spawner(|task| {
+        tokio::spawn(task);
+    });
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let report = {
+        let (lines, id) = (lines.clone(), id.clone());
+        let (request_ctx, group_ctx) = (ctx.clone(), g.context().clone());
+        move |i: u64, start: Instant, stopped: bool| {
+            let took = start.elapsed().as_millis();
+            let line = if stopped {
+                // The request's end if it ended, else the group's (a sibling's error).
+                let why = if request_ctx.is_done() {
+                    Outcome::of(&request_ctx)
+                } else {
+                    Outcome::of(&group_ctx)
+                };
+                let line = format!("sub-task {i}: stopped after {took} ms: {why}");
+                println!("server: request {id:<6} {line}");
+                line
+            } else {
+                format!("sub-task {i}: done after {took} ms")
+            };
+            if let Ok(mut lines) = lines.lock() {
+                lines.push(line);
+            }
+        }
+    };
+    for i in 1..=2u64 {
+        let (ctx, report) = (g.context().clone(), report.clone());
+        g.spawn(async move {
+            let start = Instant::now();
+            if fail == Some(i) {
+                return Err(format!("sub-task {i}: disk full"));
+            }
+            let work = tokio::time::sleep(Duration::from_millis(ms * i / 3));
+            report(i, start, ctx.run_until_done(work).await.is_err());
+            Ok(())
+        });
     }
+    // Sub-task 3 blocks a thread (say, a synchronous library call) and
+    // still stops as soon as the group's context ends.
+    let (group_ctx, blocking_report) = (g.context().clone(), report.clone());
+    g.go(move || {
+        let start = Instant::now();
+        if fail == Some(3) {
+            return Err("sub-task 3: disk full".to_owned());
+        }
+        let stopped = group_ctx.wait_timeout(Duration::from_millis(ms)).is_some();
+        blocking_report(3, start, stopped);
+        Ok(())
+    });
+    let (down_ctx, down_lines) = (g.context().clone(), lines.clone());
+    g.spawn(async move {
+        let line = call_downstream(&app, &down_ctx, &id, ms).await;
+        if let Ok(mut lines) = down_lines.lock() {
+            lines.push(line);
+        }
+        Ok::<_, String>(())
+    });
+    // Waits for every task; the first error, if any.
+    let first_error = g.join().await.err();
+    let mut lines = lines.lock().map(|l| l.clone()).unwrap_or_default();
     lines.sort();
     // Go's model: the handler sees why its context ended and decides.
-    let status = match ctx.err() {
-        Ok(()) => StatusCode::OK,
-        Err(Error::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    let status = match (&first_error, ctx.err()) {
+        (Some(_), _) => StatusCode::INTERNAL_SERVER_ERROR,
+        (None, Ok(())) => StatusCode::OK,
+        (None, Err(Error::DeadlineExceeded)) => StatusCode::GATEWAY_TIMEOUT,
+        (None, Err(_)) => StatusCode::SERVICE_UNAVAILABLE,
     };
+    if let Some(e) = first_error {
+        lines.push(format!("group: first error: {e}"));
+    }
     lines.push(match Outcome::of(&ctx) {
         Outcome::Running => {
             "context: running (ends as `request finished` once this answer is sent)".into()
@@ -199,9 +244,66 @@ async fn outcome(State(app): State<App>, uri: Uri) -> String {
 
 /// `/shutdown`: what Ctrl-C does.
 async fn shutdown(State(app): State<App>) -> &'static str {
-    println!("server: shutdown requested: cancelling the root context");
-    app.shutdown.cancel_with_cause(Shutdown);
+    tokio::spawn(drain(app.shutdown.clone(), "GET /shutdown"));
     "shutting down\n"
+}
+
+/// The grace period of a shutdown (short, for the demo).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Graceful shutdown (Go's `srv.Shutdown(ctx)`): refuse new requests, let
+/// the running ones finish for `GRACE`, then cancel the root with the
+/// `Shutdown` cause and wait for them to end.
+async fn drain(shutdown: ShutdownHandle, why: &str) {
+    println!(
+        "server: {why}: draining, {} request(s) in flight, grace period {} ms",
+        shutdown.in_flight(),
+        GRACE.as_millis()
+    );
+    let report = shutdown.shutdown(GRACE).await;
+    if report.forced {
+        println!(
+            "server: grace period over: {} request(s) still running were cancelled \
+             (`server shutting down`); {} left after a second grace period",
+            report.in_flight_at_grace_end, report.still_running
+        );
+    } else {
+        println!("server: drained: every request finished within the grace period");
+    }
+}
+
+/// The group scenario of the demo: a request whose sub-task 2 fails.
+async fn group_failure(addr: SocketAddr) -> bool {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{addr}/work?ms=3000&fail=2"))
+        .header("x-request-id", "g")
+        .body(Empty::new());
+    let (status, body) = match req.map(|r| client.request(r)) {
+        Ok(resp) => match resp.await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                (
+                    status,
+                    body.map_or(String::new(), |b| String::from_utf8_lossy(&b).into()),
+                )
+            }
+            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+        },
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    println!("client: 0. request of 3 s whose sub-task 2 fails (a task group)");
+    println!("client:    response: {}", status.as_u16());
+    for line in body.lines() {
+        println!("client:      | {line}");
+    }
+    let ok = status == StatusCode::INTERNAL_SERVER_ERROR
+        && body.contains("group: first error: sub-task 2: disk full");
+    if !ok {
+        println!("client: !! scenario 0: expected 500 and the group's first error");
+    }
+    ok
 }
 
 #[tokio::main]
@@ -212,8 +314,9 @@ async fn main() -> std::io::Result<()> {
         addr = a.parse().map_err(std::io::Error::other)?;
     }
 
-    // The server's root: graceful shutdown = cancel it with a cause.
-    let (root, shutdown_handle) = Context::background().with_cancel();
+    // The server's root and the handle that drains it (graceful shutdown).
+    let (layer, shutdown_handle) = ServerLayer::with_shutdown(&Context::background());
+    let root = shutdown_handle.root().clone();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
 
@@ -226,39 +329,45 @@ async fn main() -> std::io::Result<()> {
     let router = Router::new()
         .route("/work", get(work))
         .route("/downstream", get(downstream))
-        // Each request: a child of `root`, deadline <= 30 s and <= grpc-timeout.
-        .layer(ServerLayer::new(root.clone()).max_timeout(Duration::from_secs(30)))
+        // Each request: a child of `root`, deadline <= 30 s and <= grpc-timeout,
+        // counted in flight for the drain.
+        .layer(layer.max_timeout(Duration::from_secs(30)))
         .route("/outcome", get(outcome))
         .route("/shutdown", get(shutdown))
         .with_state(app);
 
     println!("server: listening on http://{addr} (Ctrl-C or GET /shutdown to stop)");
-    let ctrl_c = {
+    {
         let handle = shutdown_handle.clone();
-        async move {
+        let stopped = root.cancelled();
+        tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
-                    println!("server: Ctrl-C: cancelling the root context");
-                    handle.cancel_with_cause(Shutdown);
-                }
-                _ = root.done() => {}
+                _ = tokio::signal::ctrl_c() => drain(handle, "Ctrl-C").await,
+                _ = stopped => {}
             }
-        }
-    };
+        });
+    }
+    // axum stops accepting and closes idle connections once the drain has
+    // cancelled the root (`cancelled()`: done, as a `Future<Output = ()>`).
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
-            .with_graceful_shutdown(ctrl_c)
+            .with_graceful_shutdown(root.cancelled())
             .await
     });
 
-    let ok = if demo { client::run(addr).await } else { true };
+    let ok = if demo {
+        let group = group_failure(addr).await;
+        client::run(addr).await && group
+    } else {
+        true
+    };
     server.await.map_err(std::io::Error::other)??;
     println!("server: stopped");
     if demo {
         println!(
             "demo: {}",
             if ok {
-                "all four outcomes as expected"
+                "all five outcomes as expected"
             } else {
                 "some outcome was unexpected"
             }

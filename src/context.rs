@@ -481,6 +481,60 @@ impl Context {
         })
         .await
     }
+
+    /// [`run_until_done`](Self::run_until_done) on an owned context: the
+    /// returned future borrows nothing, so it can be passed to
+    /// `tokio::spawn` (which needs `'static`) or stored. Same rules: `Ok`
+    /// when `fut` completes, `Err` once the context is done, `fut` polled
+    /// first on each wake-up.
+    ///
+    /// Go equivalent: `go func() { select { case r := <-work: case <-ctx.Done(): } }()`;
+    /// tokio-util: `CancellationToken::run_until_cancelled_owned`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let task = tokio::spawn(ctx.clone().run_until_done_owned(async {
+    ///     tokio::time::sleep(Duration::from_secs(3600)).await;
+    /// }));
+    /// cancel.cancel();
+    /// assert_eq!(task.await.unwrap(), Err(Error::Canceled));
+    /// # }
+    /// ```
+    pub async fn run_until_done_owned<F: Future>(self, fut: F) -> Result<F::Output, Error> {
+        self.run_until_done(fut).await
+    }
+
+    /// A future that completes with `()` once the context is done (for
+    /// APIs that want a shutdown signal of type `Future<Output = ()>`, such
+    /// as axum's `with_graceful_shutdown` or hyper-util's graceful
+    /// watcher). Like [`done`](Self::done) it holds its own clone of the
+    /// context: it is `Send + 'static`, no `_owned` variant is needed.
+    /// Use [`done`](Self::done) to learn *why* the context ended.
+    ///
+    /// Go equivalent: `<-ctx.Done()`; tokio-util:
+    /// `CancellationToken::cancelled` / `cancelled_owned`.
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (root, shutdown) = Context::background().with_cancel();
+    /// // axum::serve(listener, app).with_graceful_shutdown(root.cancelled())
+    /// let signal = tokio::spawn(root.cancelled());
+    /// shutdown.cancel();
+    /// signal.await.unwrap(); // ()
+    /// # }
+    /// ```
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let done = self.done();
+        async move {
+            done.await;
+        }
+    }
 }
 
 impl Clone for Context {

@@ -67,11 +67,36 @@ impl CancelHandle {
         self.cancel_inner(Error::Canceled, Some(into_cause(cause)));
     }
 
-    /// Cancels with [`Error::Canceled`] and an already shared `cause`, so
-    /// that `Context::cause` returns this very `Arc` (for the crate's own
-    /// modules, e.g. `group`, which hand the same cause back to the user).
-    #[cfg(not(loom))]
-    pub(crate) fn cancel_with_shared_cause(&self, cause: crate::Cause) {
+    /// Cancels with [`Error::Canceled`] and a prebuilt, shared `cause`:
+    /// no allocation, and [`Context::cause`](crate::Context::cause) returns
+    /// this very `Arc` (`Arc::ptr_eq` holds). For a cause used over and
+    /// over (one per request in a server layer, one per shutdown), build it
+    /// once and clone the `Arc` (one atomic increment) instead of calling
+    /// [`cancel_with_cause`](Self::cancel_with_cause), which boxes its
+    /// argument each time.
+    ///
+    /// Go equivalent: `cancel(errShared)` on a `CancelCauseFunc`, with a
+    /// package-level error value.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ctxtree::{Cause, Context};
+    ///
+    /// #[derive(Debug)]
+    /// struct Evicted;
+    /// impl std::fmt::Display for Evicted {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("evicted")
+    ///     }
+    /// }
+    /// impl std::error::Error for Evicted {}
+    ///
+    /// let evicted: Cause = Arc::new(Evicted); // built once
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// cancel.cancel_with_shared_cause(evicted.clone());
+    /// assert!(Arc::ptr_eq(&ctx.cause().unwrap(), &evicted));
+    /// ```
+    pub fn cancel_with_shared_cause(&self, cause: crate::Cause) {
         self.cancel_inner(Error::Canceled, Some(cause));
     }
 

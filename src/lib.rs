@@ -81,9 +81,34 @@
 //! its deadline, and makes outbound calls inherit it, as Go's net/http and
 //! grpc-go do.
 //!
+//! ## Cargo features
+//!
+//! | feature | adds | pulls in |
+//! |---|---|---|
+//! | *(none)* | the core: [`Context`], [`CancelHandle`], [`group`] (Go's `errgroup`) | crossbeam-epoch, event-listener |
+//! | `tower` | `integrations`: `ServerLayer` (a context per request, drain at shutdown, deadline headers), `ClientLayer`, `ContextBody` | tower-service, tower-layer, http, http-body |
+//! | `axum` | `tower` + the `Context` extractor (`integrations::axum`) | axum-core |
+//! | `tonic` | `tower` + `tonic::Status` mapping and request helpers (`integrations::tonic`) | tonic (no default features) |
+//! | `signal` | `signal::notify_context` (Go's `signal.NotifyContext`), Unix only, no async runtime | signal-hook |
+//! | `full` | all of the above | |
+//!
+//! No feature is on by default. In `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! ctxtree = "0.1"                                        # the core only
+//! # an axum server, drained on SIGTERM:
+//! # ctxtree = { version = "0.1", features = ["axum", "signal"] }
+//! ```
+//!
+//! Items that need a feature say so on their page ("Available on crate
+//! feature … only"); [docs.rs](https://docs.rs/ctxtree) builds with `full`.
+//!
 //! The algorithm, its invariants and its memory-ordering argument are in
 //! `docs/DESIGN.md`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// `loom` is the crate's own model-checking cfg, not something users set.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -7,6 +7,8 @@ use std::task::{Context as TaskContext, Poll};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::integrations::hook::PendingReport;
+use crate::integrations::outcome;
+#[cfg(doc)]
 use crate::integrations::outcome::{ClientDisconnected, RequestFinished};
 use crate::integrations::shutdown::Token;
 use crate::CancelHandle;
@@ -60,7 +62,7 @@ impl RequestGuard {
     /// The handler (and its body, if any) completed.
     pub(crate) fn finish(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.cancel_with_cause(RequestFinished);
+            handle.cancel_with_shared_cause(outcome::request_finished());
         }
         // After the cancel: a request counts as in flight until its
         // context has ended.
@@ -71,7 +73,7 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.cancel_with_cause(ClientDisconnected);
+            handle.cancel_with_shared_cause(outcome::client_disconnected());
         }
         self.ended();
     }

@@ -33,10 +33,9 @@
 //!
 //! async fn handler(ctx: Context) -> String {
 //!     // Work the handler spawns stops when the request ends, whatever ends it.
-//!     let work = tokio::spawn({
-//!         let ctx = ctx.clone();
-//!         async move { ctx.run_until_done(tokio::time::sleep(Duration::from_secs(1))).await }
-//!     });
+//!     let work = tokio::spawn(
+//!         ctx.clone().run_until_done_owned(tokio::time::sleep(Duration::from_secs(1))),
+//!     );
 //!     let _ = ctx.after_func({
 //!         let ctx = ctx.clone();
 //!         move || println!("request ended: {}", Outcome::of(&ctx))

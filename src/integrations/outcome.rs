@@ -69,6 +69,33 @@ cause_type!(
     "server shutting down"
 );
 
+thread_local! {
+    /// The per-request causes, built once per thread: the layer ends every
+    /// request with a clone (no allocation). Per thread rather than one
+    /// global `Arc`, so threads serving requests do not all bump the same
+    /// reference count.
+    static SHARED_CAUSES: (Cause, Cause) =
+        (std::sync::Arc::new(RequestFinished), std::sync::Arc::new(ClientDisconnected));
+}
+
+/// A shared [`RequestFinished`] cause (no allocation after the first on
+/// this thread).
+pub(crate) fn request_finished() -> Cause {
+    // During thread teardown (a guard dropped by another thread-local's
+    // destructor) the cache is gone: allocate instead.
+    SHARED_CAUSES
+        .try_with(|c| c.0.clone())
+        .unwrap_or_else(|_| std::sync::Arc::new(RequestFinished))
+}
+
+/// A shared [`ClientDisconnected`] cause (no allocation after the first
+/// on this thread).
+pub(crate) fn client_disconnected() -> Cause {
+    SHARED_CAUSES
+        .try_with(|c| c.1.clone())
+        .unwrap_or_else(|_| std::sync::Arc::new(ClientDisconnected))
+}
+
 /// How a request context ended, read from its [`err`](Context::err) and
 /// [`cause`](Context::cause).
 ///

@@ -94,7 +94,57 @@ pub struct ServerLayer {
     tracker: Option<Arc<Tracker>>,
     deadline_headers: Arc<[DeadlineHeader]>,
     on_end: Option<OnEnd>,
+    /// The deadline parents of [`max_timeout`](Self::max_timeout), shared
+    /// by the requests of one millisecond.
+    cap_cache: Arc<CapCache>,
 }
+
+/// Requests whose deadline is the layer's cap derive from a shared child
+/// of the root whose deadline is `arrival + cap` rounded down to the
+/// millisecond: one timer entry per millisecond of traffic instead of one
+/// per request (the crate's timer has 1 ms ticks: it fires at the same
+/// tick). Only the newest such parent is kept here; older ones live while
+/// their requests do.
+#[derive(Debug)]
+struct CapCache {
+    origin: Instant,
+    /// The newest parent and its deadline, in ms after `origin`.
+    slot: std::sync::Mutex<Option<(u64, Context)>>,
+}
+
+impl CapCache {
+    fn new() -> Arc<CapCache> {
+        Arc::new(CapCache {
+            origin: Instant::now(),
+            slot: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The shared parent for a request arriving at `now`, or `None` (the
+    /// caller then derives its own deadline): when another thread holds
+    /// the slot (never wait), or the numbers do not fit.
+    fn parent(&self, root: &Context, now: Instant, cap: Duration) -> Option<Context> {
+        let since = now.checked_add(cap)?.checked_duration_since(self.origin)?;
+        let tick = u64::try_from(since.as_millis()).ok()?;
+        let mut slot = self.slot.try_lock().ok()?;
+        if let Some((t, parent)) = &*slot {
+            if *t == tick {
+                return Some(parent.clone());
+            }
+        }
+        let deadline = self.origin.checked_add(Duration::from_millis(tick))?;
+        // The handle is not needed: the parent ends with its deadline or
+        // the root, and is freed with its timer once unobservable.
+        let (parent, _handle) = root.with_deadline(deadline);
+        let old = slot.replace((tick, parent.clone()));
+        drop(slot);
+        drop(old);
+        Some(parent)
+    }
+}
+
+/// Below this cap, requests get an exact deadline of their own.
+const CAP_SHARING_MIN: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct Stats {
@@ -122,6 +172,7 @@ impl ServerLayer {
             tracker: None,
             deadline_headers: Arc::from([DeadlineHeader::grpc()]),
             on_end: None,
+            cap_cache: CapCache::new(),
         }
     }
 
@@ -269,6 +320,7 @@ impl ServerLayer {
             tracker: None,
             deadline_headers: Arc::from([]),
             on_end: None,
+            cap_cache: CapCache::new(),
         }
     }
 
@@ -351,6 +403,13 @@ impl ServerLayer {
     /// Caps every request's time: its deadline is at most `timeout` after
     /// the request arrives, whatever its `grpc-timeout` header says.
     ///
+    /// Requests whose deadline is the cap (no deadline header asks for
+    /// less) share one timer entry per millisecond of arrivals: their
+    /// deadline is `arrival + timeout` rounded down to the millisecond
+    /// (the crate's timer fires on 1 ms ticks anyway), so it may read up
+    /// to 1 ms earlier than `arrival + timeout`, never later. Caps under
+    /// 50 ms are exact.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let layer = ctxtree::integrations::ServerLayer::new(ctxtree::Context::background())
@@ -359,6 +418,7 @@ impl ServerLayer {
     /// ```
     pub fn max_timeout(mut self, timeout: Duration) -> ServerLayer {
         self.max_timeout = Some(timeout);
+        self.cap_cache = CapCache::new();
         self
     }
 
@@ -401,7 +461,7 @@ impl<S> Layer<S> for ServerLayer {
     fn layer(&self, inner: S) -> ServerService<S> {
         ServerService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -420,7 +480,9 @@ impl<S> Layer<S> for ServerLayer {
 #[derive(Clone, Debug)]
 pub struct ServerService<S> {
     inner: S,
-    layer: ServerLayer,
+    /// Behind one `Arc`: a clone of the service per request (what axum
+    /// does) is one reference count, not one per setting.
+    layer: Arc<ServerLayer>,
 }
 
 impl<S> ServerService<S> {
@@ -469,8 +531,19 @@ impl<S> ServerService<S> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // The clock is read only for a request with a deadline.
+        let now = timeout.map(|_| Instant::now());
+        if let (Some(root), None, Some(cap), Some(now)) =
+            (&self.layer.root, outer, self.layer.max_timeout, now)
+        {
+            if cap >= CAP_SHARING_MIN && read.timeout.is_none_or(|t| t >= cap) {
+                if let Some(parent) = self.layer.cap_cache.parent(root, now, cap) {
+                    return parent.with_cancel();
+                }
+            }
+        }
         // A timeout too long for `Instant` (e.g. 99999999H) means no deadline.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = timeout.zip(now).and_then(|(t, now)| now.checked_add(t));
         let derive = |parent: &Context| match deadline {
             Some(deadline) => parent.with_deadline(deadline),
             None => parent.with_cancel(),
@@ -567,9 +640,13 @@ pin_project_lite::pin_project! {
     /// assert_eq!(Outcome::of(&ctx), Outcome::ClientDisconnected);
     /// ```
     pub struct ResponseFuture<F> {
+        // Declared (so dropped) before `inner`: when the response future is
+        // dropped early, the context ends with `ClientDisconnected` before
+        // the handler's future is dropped, so whatever the handler's drop
+        // cancels (a task group, say) sees why.
+        guard: Option<RequestGuard>,
         #[pin]
         inner: Option<F>,
-        guard: Option<RequestGuard>,
         deadline: Option<Done>,
         grpc: bool,
         refused: bool,
@@ -616,6 +693,9 @@ where
         };
         if let Poll::Ready(result) = inner.poll(cx) {
             this.inner.set(None);
+            // Stop listening for the deadline before the context ends, so
+            // that ending it has no listener to notify (no spurious wake).
+            *this.deadline = None;
             let mut guard = this.guard.take().unwrap_or_else(RequestGuard::finished);
             return Poll::Ready(match result {
                 Ok(response) => {
@@ -693,4 +773,140 @@ fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    use super::ServerLayer;
+    use crate::integrations::Outcome;
+    use crate::Context;
+
+    /// Records how the request's context looked when the handler's future
+    /// was dropped.
+    struct OnDrop(Context, Arc<Mutex<Option<Outcome>>>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() = Some(Outcome::of(&self.0));
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<Context>>>;
+    type Answer = std::future::Ready<Result<http::Response<String>, Infallible>>;
+
+    /// A handler, and the contexts it saw, in order.
+    fn recording() -> (
+        impl Service<
+                http::Request<()>,
+                Response = http::Response<String>,
+                Error = Infallible,
+                Future = Answer,
+            > + Clone,
+        Seen,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let svc = tower::service_fn(move |req: http::Request<()>| {
+            let ctx = req.extensions().get::<Context>().unwrap().clone();
+            seen2.lock().unwrap().push(ctx);
+            std::future::ready(Ok(http::Response::new(String::new())))
+        });
+        (svc, seen)
+    }
+
+    fn call_now<S: Service<http::Request<()>>>(svc: &mut S, req: http::Request<()>) {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let fut = std::pin::pin!(svc.call(req));
+        assert!(fut.poll(&mut cx).is_ready());
+    }
+
+    use std::future::Future;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn capped_deadlines_are_shared_rounded_down_and_exact_for_shorter_headers() {
+        let cap = Duration::from_secs(30);
+        let (handler, seen) = recording();
+        let (root, shutdown) = Context::background().with_cancel();
+        let mut svc = ServerLayer::new(root.clone())
+            .max_timeout(cap)
+            .layer(handler);
+        let before = Instant::now();
+        for _ in 0..3 {
+            call_now(&mut svc, http::Request::new(()));
+        }
+        let with_header = http::Request::builder()
+            .header("grpc-timeout", "5S")
+            .body(())
+            .unwrap();
+        call_now(&mut svc, with_header);
+        let after = Instant::now();
+        let seen = seen.lock().unwrap();
+        for ctx in &seen[..3] {
+            let d = ctx.deadline().unwrap();
+            // Never later than arrival + cap; at most 1 ms earlier.
+            assert!(d <= after + cap, "{d:?}");
+            assert!(d + Duration::from_millis(1) >= before + cap, "{d:?}");
+            assert_eq!(Outcome::of(ctx), Outcome::Finished);
+        }
+        let d = seen[3].deadline().unwrap();
+        assert!(d <= after + Duration::from_secs(5) && d >= before + Duration::from_secs(5));
+        drop(seen);
+        // The root still ends requests derived from the shared parent.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut slow = ServerLayer::new(root)
+            .max_timeout(cap)
+            .layer(tower::service_fn(move |req: http::Request<()>| {
+                tx.send(req.extensions().get::<Context>().unwrap().clone())
+                    .unwrap();
+                std::future::pending::<Result<http::Response<String>, Infallible>>()
+            }));
+        let pending = slow.call(http::Request::new(()));
+        let running = rx.recv().unwrap();
+        assert!(!running.is_done());
+        shutdown.cancel_with_cause(crate::integrations::Shutdown);
+        assert_eq!(Outcome::of(&running), Outcome::Shutdown);
+        drop(pending);
+    }
+
+    #[test]
+    fn shared_capped_deadline_fires_and_aborts() {
+        // 60 ms: above the sharing threshold, so the shared parent's timer
+        // is what ends the request.
+        let mut svc = ServerLayer::new(Context::background())
+            .max_timeout(Duration::from_millis(60))
+            .abort_on_deadline()
+            .layer(tower::service_fn(|_req: http::Request<()>| {
+                std::future::pending::<Result<http::Response<String>, Infallible>>()
+            }));
+        let resp = futures::executor::block_on(svc.call(http::Request::new(()))).unwrap();
+        assert_eq!(resp.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn handler_dropped_after_the_context_ends_as_disconnected() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = Arc::clone(&seen);
+        let mut svc = ServerLayer::new(Context::background()).layer(tower::service_fn(
+            move |req: http::Request<()>| {
+                let ctx = req.extensions().get::<Context>().unwrap().clone();
+                let guard = OnDrop(ctx, Arc::clone(&seen2));
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<Result<http::Response<String>, Infallible>>().await
+                }
+            },
+        ));
+        let fut = svc.call(http::Request::new(()));
+        drop(fut);
+        let outcome = seen.lock().unwrap().take();
+        assert_eq!(outcome, Some(Outcome::ClientDisconnected));
+    }
 }

@@ -393,7 +393,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             if header.kind == Kind::Deadline {
                 // SAFETY: kind checked.
                 let d = unsafe { node.cast::<DeadlineNode>().as_ref() };
-                timer_glue::disarm_dying(d);
+                timer_glue::disarm(d);
                 // SAFETY: dead: no handle can read the cause any more and a
                 // timer that fired held a reference (invariant 8).
                 drop(d.cause.with_mut(|c| unsafe { (*c).take() }));
@@ -447,7 +447,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
                 1
             };
             // SAFETY: we own `ours` claims on `h` (see above).
-            unsafe { release_own_claims(h, ours) };
+            unsafe { release_claims(h, ours) };
             [parent, other]
         }
         Kind::Forward | Kind::Callback | Kind::Waiters => {
@@ -511,30 +511,6 @@ pub(crate) unsafe fn release_claims(h: NonNull<Header>, n: u16) {
     if unsafe { h.as_ref() }.claims.fetch_sub(n, Ordering::AcqRel) == n {
         // SAFETY: no claim is left: nobody can reach the node.
         unsafe { free(h) };
-    }
-}
-
-/// Releases the claims of a dying node's own thread, `n` of them: when
-/// they are the only ones left, frees the node without a read-modify-write.
-///
-/// # Safety
-/// As for [`release_claims`].
-unsafe fn release_own_claims(h: NonNull<Header>, n: u16) {
-    // Acquire: if this reads `n`, every other claim is gone. Claims are
-    // never added once a node is published, so the count only falls and
-    // cannot fall below the `n` we hold: reading `n` (even a value that is
-    // not the latest) means it is `n` for good. Each other claim was
-    // dropped by an AcqRel read-modify-write, so reading the value the last
-    // of them wrote synchronises with all of them (a release sequence) and
-    // their accesses happen before the free.
-    // SAFETY: we hold claims, so the memory is valid.
-    if unsafe { h.as_ref() }.claims.load(Ordering::Acquire) == n {
-        count_claims(-isize::from(n as i16));
-        // SAFETY: no claim is left but ours: nobody can reach the node.
-        unsafe { free(h) };
-    } else {
-        // SAFETY: forwarded.
-        unsafe { release_claims(h, n) };
     }
 }
 

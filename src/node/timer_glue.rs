@@ -35,20 +35,18 @@ pub(crate) fn arm(node: &DeadlineNode) {
     let _ = node;
 }
 
-/// Disarms the node's timer if it is armed.
+/// Disarms the node's timer if it is armed (a walk reaching a deadline
+/// node, or the node dying).
+///
+/// SeqCst fence, then a hint read outside the lock: NONE can only be stale
+/// if the creator is arming right now, and then the creator's
+/// fence-separated re-check of the state (see `arm`) sees this node done
+/// (the state was published before this fence) and disarms it itself. A
+/// dying node takes the fence too: the fence-less variant (its creator
+/// armed before releasing its reference) had no model that checks it, the
+/// timer being outside loom.
 pub(crate) fn disarm(node: &DeadlineNode) {
-    // SeqCst fence, then a hint read outside the lock: NONE can only
-    // be stale if the creator is arming right now, and then the creator's
-    // fence-separated re-check of the state (see `arm`) sees this node done
-    // (the state was published before this fence) and disarms it itself.
     crate::sync::fence(Ordering::SeqCst);
-    disarm_dying(node);
-}
-
-/// Disarms the timer of a node that is dying. No fence: the creator's
-/// `arm` (and its re-check) happened before the creator released its
-/// reference, hence before the death, so the hint cannot be stale.
-pub(crate) fn disarm_dying(node: &DeadlineNode) {
     // Acquire: pairs with the timer thread's Release store of NONE after
     // its last access to a node it popped (invariant 10).
     if node.timer.load(Ordering::Acquire) == NONE {

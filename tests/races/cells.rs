@@ -898,7 +898,10 @@ fn side_b(cell: Cell, b: PartB, tally: &Arc<Tally>) {
     if b.cancels_parent {
         // Every descendant is done when `cancel` returns.
         for s in &b.siblings[..b.parent_siblings] {
-            assert!(s.is_done(), "{cell}: a sibling of N is not done after cancel");
+            assert!(
+                s.is_done(),
+                "{cell}: a sibling of N is not done after cancel"
+            );
         }
     }
 }
