@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the loom models catch the recorded broken variants of the
-# core's fast paths (docs/VERIFICATION.md, "The models fail when the code is
-# wrong").
+# core's fast paths (docs/VERIFICATION.md, loom: "The fast paths: invariant,
+# model, broken variant").
 #
 # Usage: .ci/loom-broken.sh [--min] [NAME...]
 #   NAME   a patch under loom-tests/broken/ (without `.patch`); default: all
@@ -64,7 +64,7 @@ run_expecting_failure() {
   local bin=$1 model=$2 bound=$3 log=$4 rc=0
   # In a subshell whose stderr is dropped: the shell's own "Aborted" notice.
   (LOOM_MAX_PREEMPTIONS=$bound timeout "$per_model_limit" "$bin" --exact "$model" \
-    --test-threads=1 --nocapture >"$log" 2>&1) 2>/dev/null || rc=$?
+    --test-threads=1 --nocapture </dev/null >"$log" 2>&1) 2>/dev/null || rc=$?
   if [ "$rc" -eq 0 ]; then
     echo "PASSED"
     return 1
@@ -103,8 +103,8 @@ for name in "${names[@]}"; do
   declare -A bins=()
   while read -r binary model bound; do
     if [ -z "${bins[$binary]:-}" ]; then
-      (cd "$scratch" && cargo test -p loom-tests --profile loom --test "$binary" --no-run 2>&1 | tail -3) >&2
-      bins[$binary]=$(cd "$scratch" && test_binary "$binary")
+      (cd "$scratch" && cargo test -p loom-tests --profile loom --test "$binary" --no-run </dev/null 2>&1 | tail -3) >&2
+      bins[$binary]=$(cd "$scratch" && test_binary "$binary" </dev/null)
       [ -n "${bins[$binary]}" ] || { echo "$name: $binary does not build"; exit 2; }
     fi
     bin=${bins[$binary]}
