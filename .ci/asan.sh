@@ -37,27 +37,18 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTION
 # The explicit target keeps build scripts and proc macros uninstrumented.
 target=x86_64-unknown-linux-gnu
 
-# server_soak needs the axum integration.
-tests=(--features axum --test races --test reentrant_wakers --test retention --test soak --test server_soak)
-
 t0=$(date +%s)
-build_log=$(mktemp)
-cargo +nightly test "${profile[@]}" --target "$target" --release "${tests[@]}" --no-run 2>&1 | tee "$build_log"
-bin_of() {
-    sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p" "$build_log" | tail -n1
-}
-races=$(bin_of races)
-reentrant=$(bin_of reentrant_wakers)
-retention=$(bin_of retention)
-soak=$(bin_of soak)
-server_soak=$(bin_of server_soak)
-rm -f "$build_log"
-for bin in "$races" "$reentrant" "$retention" "$soak" "$server_soak"; do
-    if [[ -z "$bin" || ! -x "$bin" ]]; then
-        echo "asan: could not find every test binary" >&2
-        exit 1
-    fi
-done
+# shellcheck source=.ci/test-binaries.sh
+source .ci/test-binaries.sh
+# server_soak needs the axum integration.
+build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
+    --features axum --test races --test reentrant_wakers --test retention --test soak \
+    --test server_soak
+races=${BIN[races]}
+reentrant=${BIN[reentrant_wakers]}
+retention=${BIN[retention]}
+soak=${BIN[soak]}
+server_soak=${BIN[server_soak]}
 echo "asan: built in $(( $(date +%s) - t0 )) s"
 
 # 1. The sanitizer must be on: the deliberate use-after-free has to be
@@ -89,9 +80,9 @@ echo "asan: re-entrant wakers and retention clean in $(( $(date +%s) - t2 )) s"
 
 # 4. The soaks.
 t3=$(date +%s)
-CTXTREE_SOAK_SECS="${CTXTREE_SOAK_SECS:-30}" "$soak" --test-threads=1
+CTXTREE_SOAK_SECS="${CTXTREE_SOAK_SECS:-30}" "$soak" --test-threads=1 --nocapture
 echo "asan: soak clean in $(( $(date +%s) - t3 )) s"
 t4=$(date +%s)
-CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1
+CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
 echo "asan: server soak clean in $(( $(date +%s) - t4 )) s"
 echo "asan: clean ($(( $(date +%s) - t0 )) s in all)"

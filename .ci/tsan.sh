@@ -24,31 +24,24 @@ export CARGO_TARGET_DIR=target/tsan
 export RUSTFLAGS="-Zsanitizer=thread"
 export RUSTDOCFLAGS="-Zsanitizer=thread"
 # halt_on_error: stop at the first report; exitcode 66 is TSan's default.
-export TSAN_OPTIONS="halt_on_error=1 exitcode=66 ${TSAN_OPTIONS:-}"
+# Suppressions: synchronisation TSan cannot see, outside ctxtree (tokio's
+# epoll registration); each entry says why.
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 print_suppressions=1 suppressions=$PWD/.ci/tsan-suppressions.txt ${TSAN_OPTIONS:-}"
 target=x86_64-unknown-linux-gnu
 # Debug assertions for ctxtree (and its test targets) only.
 profile=(--config 'profile.release.package.ctxtree.debug-assertions=true')
 runs="${STRESS_RUNS:-3}"
 
-build_log=$(mktemp)
-cargo +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release --features axum \
-    --test stress --test races --test reentrant_wakers --test retention --test server_soak \
-    --no-run 2>&1 | tee "$build_log"
-bin_of() {
-    sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p" "$build_log" | tail -n1
-}
-bin=$(bin_of stress)
-races=$(bin_of races)
-reentrant=$(bin_of reentrant_wakers)
-retention=$(bin_of retention)
-server_soak=$(bin_of server_soak)
-rm -f "$build_log"
-for b in "$bin" "$races" "$reentrant" "$retention" "$server_soak"; do
-    if [[ -z "$b" || ! -x "$b" ]]; then
-        echo "tsan: could not find every test binary" >&2
-        exit 1
-    fi
-done
+# shellcheck source=.ci/test-binaries.sh
+source .ci/test-binaries.sh
+build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
+    --features axum --test stress --test races --test reentrant_wakers --test retention \
+    --test server_soak
+bin=${BIN[stress]}
+races=${BIN[races]}
+reentrant=${BIN[reentrant_wakers]}
+retention=${BIN[retention]}
+server_soak=${BIN[server_soak]}
 
 # 1. The sanitizer must be on: the deliberate race has to be reported.
 set +e
@@ -80,5 +73,5 @@ echo "tsan: race matrix clean in $(( $(date +%s) - t1 )) s"
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
-CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1
+CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
 echo "tsan: re-entrant wakers, retention and server soak clean in $(( $(date +%s) - t2 )) s"
