@@ -24,10 +24,12 @@ use loom::thread;
 /// bound 0.
 #[test]
 fn nodes_retired_by_an_idle_thread_are_freed_by_another() {
+    static EXECUTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     __private::loom_flush_after(1);
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(builder.preemption_bound.map_or(3, |b| b.min(3)));
     builder.check(|| {
+        EXECUTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let before = __private::allocated_nodes();
         let (parent, cancel) = Context::background().with_cancel();
         let idle = Arc::new(AtomicBool::new(false));
@@ -60,4 +62,9 @@ fn nodes_retired_by_an_idle_thread_are_freed_by_another() {
             "nodes retired by an idle thread were not freed by another thread's collection"
         );
     });
+    // Read by .ci/loom.sh for the record in docs/VERIFICATION.md.
+    println!(
+        "loom executions explored: {}",
+        EXECUTIONS.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
