@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# AddressSanitizer over the race matrix (tests/races.rs) and, if present, the
-# soak (tests/soak.rs).
+# AddressSanitizer over the race matrix (tests/races.rs), the re-entrant
+# waker cases (tests/reentrant_wakers.rs), the retention tests
+# (tests/retention.rs), the soak (tests/soak.rs) and the server soak
+# (tests/server_soak.rs, a real axum server on loopback).
 #
 # Builds the test binaries optimised, with debug assertions in ctxtree only
 # (so the matrix also checks the live node count, `__private::live_claims`;
@@ -14,8 +16,9 @@
 #   2. runs the race matrix with a longer budget (CTXTREE_RACE_MS per cell,
 #      default 300, and at least CTXTREE_RACE_MIN_ROUNDS rounds, default
 #      3000), one line per cell in the log;
-#   3. runs the soak for CTXTREE_SOAK_SECS (default 30) if tests/soak.rs
-#      exists.
+#   3. runs the re-entrant waker cases and the retention tests;
+#   4. runs the soak for CTXTREE_SOAK_SECS (default 30) and the server soak
+#      for CTXTREE_SERVER_SOAK_SECS (default 10).
 # Leak detection is on (LeakSanitizer at exit). Any report fails the step.
 # Usage: .ci/asan.sh            (from anywhere; about 3-4 minutes on 2 cores
 #                                once the dependencies are built)
@@ -34,24 +37,18 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTION
 # The explicit target keeps build scripts and proc macros uninstrumented.
 target=x86_64-unknown-linux-gnu
 
-tests=(--test races)
-if [[ -f tests/soak.rs ]]; then
-    tests+=(--test soak)
-fi
-
 t0=$(date +%s)
-build_log=$(mktemp)
-cargo +nightly test "${profile[@]}" --target "$target" --release "${tests[@]}" --no-run 2>&1 | tee "$build_log"
-bin_of() {
-    sed -n "s/.*Executable tests\/$1.rs (\(.*\))/\1/p" "$build_log" | tail -n1
-}
-races=$(bin_of races)
-soak=$(bin_of soak)
-rm -f "$build_log"
-if [[ -z "$races" || ! -x "$races" ]]; then
-    echo "asan: could not find the races test binary" >&2
-    exit 1
-fi
+# shellcheck source=.ci/test-binaries.sh
+source .ci/test-binaries.sh
+# server_soak needs the axum integration.
+build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
+    --features axum --test races --test reentrant_wakers --test retention --test soak \
+    --test server_soak
+races=${BIN[races]}
+reentrant=${BIN[reentrant_wakers]}
+retention=${BIN[retention]}
+soak=${BIN[soak]}
+server_soak=${BIN[server_soak]}
 echo "asan: built in $(( $(date +%s) - t0 )) s"
 
 # 1. The sanitizer must be on: the deliberate use-after-free has to be
@@ -75,10 +72,17 @@ CTXTREE_RACE_VERBOSE="${CTXTREE_RACE_VERBOSE:-1}" \
     "$races" --test-threads=1
 echo "asan: race matrix clean in $(( $(date +%s) - t1 )) s"
 
-# 3. The soak, if there is one.
-if [[ -n "$soak" ]]; then
-    t2=$(date +%s)
-    CTXTREE_SOAK_SECS="${CTXTREE_SOAK_SECS:-30}" "$soak" --test-threads=1
-    echo "asan: soak clean in $(( $(date +%s) - t2 )) s"
-fi
+# 3. Re-entrant wakers and retention.
+t2=$(date +%s)
+"$reentrant"
+"$retention" --test-threads=1
+echo "asan: re-entrant wakers and retention clean in $(( $(date +%s) - t2 )) s"
+
+# 4. The soaks.
+t3=$(date +%s)
+CTXTREE_SOAK_SECS="${CTXTREE_SOAK_SECS:-30}" "$soak" --test-threads=1 --nocapture
+echo "asan: soak clean in $(( $(date +%s) - t3 )) s"
+t4=$(date +%s)
+CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
+echo "asan: server soak clean in $(( $(date +%s) - t4 )) s"
 echo "asan: clean ($(( $(date +%s) - t0 )) s in all)"

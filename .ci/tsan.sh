@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# ThreadSanitizer over the multi-thread stress tests (tests/stress.rs) and
-# the race matrix (tests/races.rs).
+# ThreadSanitizer over the multi-thread stress tests (tests/stress.rs), the
+# race matrix (tests/races.rs), the re-entrant waker cases
+# (tests/reentrant_wakers.rs), the retention tests (tests/retention.rs) and
+# the server soak (tests/server_soak.rs).
 #
 # Builds std with TSan (-Zbuild-std, so nightly + rust-src), runs the
 # #[ignore]d deliberate data race alone and requires TSan to report it
 # (exit 66): proof that the sanitizer is really on. Then runs the stress
 # binary STRESS_RUNS times (default 3) and the race matrix once with its
 # own budget (CTXTREE_RACE_MS per cell, default 60, and at least
-# CTXTREE_RACE_MIN_ROUNDS rounds, default 1000). Any TSan report fails the
-# step.
+# CTXTREE_RACE_MIN_ROUNDS rounds, default 1000), then the re-entrant waker
+# cases, the retention tests and the server soak (CTXTREE_SERVER_SOAK_SECS,
+# default 10). ctxtree (only) is built with debug assertions, so the matrix
+# and the retention tests also check the crate's live node counts. Any TSan
+# report fails the step.
 # Usage: .ci/tsan.sh            (from anywhere; about 4 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,19 +24,24 @@ export CARGO_TARGET_DIR=target/tsan
 export RUSTFLAGS="-Zsanitizer=thread"
 export RUSTDOCFLAGS="-Zsanitizer=thread"
 # halt_on_error: stop at the first report; exitcode 66 is TSan's default.
-export TSAN_OPTIONS="halt_on_error=1 exitcode=66 ${TSAN_OPTIONS:-}"
+# Suppressions: synchronisation TSan cannot see, outside ctxtree (tokio's
+# epoll registration); each entry says why.
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 print_suppressions=1 suppressions=$PWD/.ci/tsan-suppressions.txt ${TSAN_OPTIONS:-}"
 target=x86_64-unknown-linux-gnu
+# Debug assertions for ctxtree (and its test targets) only.
+profile=(--config 'profile.release.package.ctxtree.debug-assertions=true')
 runs="${STRESS_RUNS:-3}"
 
-build_log=$(mktemp)
-cargo +nightly test -Zbuild-std --target "$target" --release --test stress --test races --no-run 2>&1 | tee "$build_log"
-bin=$(sed -n 's/.*Executable tests\/stress.rs (\(.*\))/\1/p' "$build_log" | tail -n1)
-races=$(sed -n 's/.*Executable tests\/races.rs (\(.*\))/\1/p' "$build_log" | tail -n1)
-rm -f "$build_log"
-if [[ -z "$bin" || ! -x "$bin" || -z "$races" || ! -x "$races" ]]; then
-    echo "tsan: could not find the stress or races test binary" >&2
-    exit 1
-fi
+# shellcheck source=.ci/test-binaries.sh
+source .ci/test-binaries.sh
+build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
+    --features axum --test stress --test races --test reentrant_wakers --test retention \
+    --test server_soak
+bin=${BIN[stress]}
+races=${BIN[races]}
+reentrant=${BIN[reentrant_wakers]}
+retention=${BIN[retention]}
+server_soak=${BIN[server_soak]}
 
 # 1. The sanitizer must be on: the deliberate race has to be reported.
 set +e
@@ -58,3 +68,10 @@ CTXTREE_RACE_MIN_ROUNDS="${CTXTREE_RACE_MIN_ROUNDS:-1000}" \
 CTXTREE_RACE_VERBOSE="${CTXTREE_RACE_VERBOSE:-1}" \
     "$races" --test-threads=1
 echo "tsan: race matrix clean in $(( $(date +%s) - t1 )) s"
+
+# 4. Re-entrant wakers, retention, the server soak.
+t2=$(date +%s)
+"$reentrant"
+"$retention" --test-threads=1
+CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
+echo "tsan: re-entrant wakers, retention and server soak clean in $(( $(date +%s) - t2 )) s"

@@ -186,6 +186,15 @@ pub mod __private {
         crate::node::ALLOCATED_NODES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Loom only: makes every thread flush its epoch bag once it has
+    /// deferred `n` node releases since its last flush (off by default
+    /// under loom; 64 outside it). Set before `loom::model`.
+    #[cfg(loom)]
+    pub fn loom_flush_after(n: usize) {
+        // Relaxed: read by the model's threads, all started after this.
+        crate::node::retention::FLUSH_AFTER.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Same as [`live_claims`] (older name used by some tests).
     #[cfg(any(loom, debug_assertions))]
     pub fn live_nodes() -> isize {

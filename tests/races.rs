@@ -9,7 +9,7 @@
 //!
 //! raced round after round by two persistent threads on cases built in
 //! batches by a third. The axes and the checks are in `races/cells.rs`, the
-//! racing machinery in `races/harness.rs`; docs/verification/race-matrix.md
+//! racing machinery in `races/harness.rs`; docs/VERIFICATION.md, "Race matrix"
 //! says how to add a cell and what the matrix found.
 //!
 //! Budget by time per cell (`CTXTREE_RACE_MS`, default 40 ms, and at least

@@ -554,43 +554,64 @@ pub(crate) unsafe fn release_claims_later(nodes: Unlinked, guard: &Guard) {
 /// since no other thread can run its bag. So each thread counts the
 /// entries it deferred since its last flush, and flushes (moving the bag
 /// to the global queue, where any thread's collection runs it) once they
-/// reach [`FLUSH_AFTER`](retention::FLUSH_AFTER). A thread then keeps at
-/// most that many retired entries in its bag. Not under loom: the count is
-/// a plain thread-local, and a flush only changes *when* crossbeam runs
-/// what it was handed, never whether.
-mod retention {
+/// reach the threshold ([`FLUSH_AFTER`](retention::FLUSH_AFTER)). A thread
+/// then keeps at most that many retired entries in its bag (invariant 6a in
+/// docs/DESIGN.md). A flush only changes *when* crossbeam runs what it was
+/// handed, never whether, so it cannot free early.
+///
+/// Under loom the count is a loom thread-local and the threshold is off
+/// (`usize::MAX`) unless a model sets it with
+/// `__private::loom_flush_after`: a flush adds a collection, and so
+/// interleavings, to every model that defers; the retention model
+/// (`loom-tests/tests/loom_retention.rs`) turns it on.
+pub(crate) mod retention {
     use crate::sync::Guard;
 
     /// Entries a thread may keep deferred in its local bag.
-    #[cfg_attr(loom, allow(dead_code))]
+    #[cfg(not(loom))]
     pub(super) const FLUSH_AFTER: usize = 64;
+
+    /// Under loom: the threshold a model chose (see the module docs). A
+    /// plain std atomic on purpose: it is configuration, written before
+    /// the model runs, not a step of the modelled protocol.
+    #[cfg(loom)]
+    pub(crate) static FLUSH_AFTER: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+    #[inline]
+    fn threshold() -> usize {
+        #[cfg(not(loom))]
+        return FLUSH_AFTER;
+        // Relaxed: configuration set before `loom::model` starts.
+        #[cfg(loom)]
+        return FLUSH_AFTER.load(std::sync::atomic::Ordering::Relaxed);
+    }
 
     #[cfg(not(loom))]
     std::thread_local! {
         static SINCE_FLUSH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static SINCE_FLUSH: std::cell::Cell<usize> = std::cell::Cell::new(0);
+    }
 
     /// `n` more entries were deferred through `guard`.
     #[inline]
     pub(super) fn deferred(n: usize, guard: &Guard) {
-        #[cfg(not(loom))]
-        {
-            // `try_with`: a thread-local destructor may drop a context after
-            // this key is gone; then flush each time (rare, and correct).
-            let due = SINCE_FLUSH
-                .try_with(|c| {
-                    let total = c.get() + n;
-                    let due = total >= FLUSH_AFTER;
-                    c.set(if due { 0 } else { total });
-                    due
-                })
-                .unwrap_or(true);
-            if due {
-                guard.flush();
-            }
+        // `try_with`: a thread-local destructor may drop a context after
+        // this key is gone; then flush each time (rare, and correct).
+        let due = SINCE_FLUSH
+            .try_with(|c| {
+                let total = c.get().saturating_add(n);
+                let due = total >= threshold();
+                c.set(if due { 0 } else { total });
+                due
+            })
+            .unwrap_or(true);
+        if due {
+            guard.flush();
         }
-        #[cfg(loom)]
-        let _ = (n, guard);
     }
 }
 

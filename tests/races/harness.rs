@@ -146,7 +146,7 @@ impl Rng {
 
 /// Busy-waits `n` steps of about a nanosecond each (optimised), on a
 /// `black_box` counter: `spin_loop()` (PAUSE) made offsets erratic on this
-/// kind of VM (docs/verification/race-matrix.md).
+/// kind of VM (docs/VERIFICATION.md, "Race matrix").
 #[inline(never)]
 pub fn spin(n: u64) {
     let mut x = 0u64;
