@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Runs the loom models (every test binary of loom-tests/: loom_core,
-# loom_matrix, loom_wakers, ...) with a preemption bound per binary.
+# loom_matrix, loom_wakers, loom_retention, ...) with a preemption bound per
+# binary.
+#
+# CI (.ci/run) runs `.ci/loom.sh ci`: loom_core at bound 4, loom_matrix at
+# 3, loom_wakers at 4, loom_retention and any other binary at 3 (CI_BOUNDS
+# and CI_DEFAULT below, chosen from the times measured in
+# docs/VERIFICATION.md to keep the step under 8 min). Four loom_core models
+# cap their own bound at 3 (`model_capped` in loom_core.rs), whatever the
+# script asks for.
 #
 # Usage: .ci/loom.sh [BOUND] [FILTER]
-#   BOUND   the bound of every binary without its own (default 2), or `ci`:
-#           the bounds CI runs (CI_BOUNDS below, chosen from the times
-#           measured in docs/VERIFICATION.md to keep the step under 8 min);
+#   BOUND   the bound of every binary (default 2: a quick local run), or
+#           `ci`: the per-binary bounds CI runs (above);
 #   FILTER  runs only the models whose `binary::model` name contains it
 #           (e.g. `loom_matrix::`, `merge`).
 # Per-binary bounds: LOOM_<NAME>_BOUND, where NAME is the binary's name
 # without `loom_`, upper-cased: LOOM_CORE_BOUND, LOOM_MATRIX_BOUND,
-# LOOM_WAKERS_BOUND; they override BOUND, `ci` included.
+# LOOM_WAKERS_BOUND, LOOM_RETENTION_BOUND; they override BOUND, `ci`
+# included.
 #
-# Each model runs in its own process with a wall-clock bound, so a model that
-# explodes fails the step instead of hanging it (loom itself must never be
-# given LOOM_MAX_DURATION / LOOM_MAX_PERMUTATIONS: it would pass silently).
+# Each model runs in its own process with a wall-clock bound
+# (LOOM_MODEL_TIMEOUT seconds, default 600), so a model that explodes fails
+# the step instead of hanging it (loom itself must never be given
+# LOOM_MAX_DURATION / LOOM_MAX_PERMUTATIONS: it would pass silently).
+# Builds with `--profile loom` into CARGO_TARGET_DIR_LOOM (default
+# target/loom); prints one line per model and a summary per binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

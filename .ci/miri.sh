@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Miri (undefined behaviour, data races between threads, use-after-free)
-# over the integration tests that do not need real time.
+# over the test binaries of tests/ listed below.
 #
 # Flags (see docs/VERIFICATION.md):
 #   -Zmiri-tree-borrows           Stacked Borrows reports a known false
@@ -8,8 +8,12 @@
 #   -Zmiri-permissive-provenance  crossbeam-epoch tags pointers stored as usize.
 #   -Zmiri-ignore-leaks           epoch garbage is still queued at exit (leaks
 #                                 are checked by tests/leaks.rs instead).
-# The tests shrink themselves under cfg(miri) and ignore the real-time ones.
-# Usage: .ci/miri.sh   (about 4-5 minutes on 2 cores; first run +40 s sysroot)
+# Isolation stays on (Miri's virtual clock). The tests shrink themselves
+# under cfg(miri), and the ones that need the real timer thread to fire are
+# `#[cfg_attr(miri, ignore)]`.
+# Usage: .ci/miri.sh   (about 3 minutes on 2 cores, measured in
+#                       docs/VERIFICATION.md; the first run adds ~40 s to
+#                       build Miri's sysroot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +23,11 @@ cargo +nightly miri setup >/dev/null
 export CARGO_TARGET_DIR=target/miri
 export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance ${MIRIFLAGS:-}"
 
-# tree.rs's four 1,000,000-deep chain tests (2,000 deep under Miri) take
-# ~25 s each there and exercise the same code as its shorter tests; they
-# run natively on a 256 KiB stack instead. leaks.rs, retention.rs and stress.rs
-# are native-only (sizes, a global allocator, wall-clock bounds).
+# tree.rs's five deep_chain_* tests (1,000,000 deep natively, 2,000 under
+# Miri) take ~25 s each there and exercise the same code as its shorter
+# tests; they run natively on a 256 KiB stack instead. leaks.rs,
+# retention.rs and stress.rs are native-only (sizes, a global allocator,
+# wall-clock bounds).
 cargo +nightly miri test \
     --test cancel --test values --test after_func --test tree \
     --test waiting --test deadline --test static_assertions --test timer \

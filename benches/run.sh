@@ -2,7 +2,8 @@
 # Runs the whole benchmark suite and renders docs/BENCHMARKS.md.
 #
 #   benches/run.sh           full run (~10 min on 2 cores); updates
-#                            docs/BENCHMARKS.md and docs/bench/
+#                            docs/BENCHMARKS.md, docs/bench/ and the
+#                            README's generated block (bench:begin/end)
 #   benches/run.sh --quick   CI smoke run (< 3 min incl. build): short
 #                            measurements, report written under the target
 #                            dir, docs/ left untouched

@@ -7,6 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::integrations::hook::PendingReport;
+use crate::integrations::maybe_body;
 use crate::integrations::outcome;
 #[cfg(doc)]
 use crate::integrations::outcome::{ClientDisconnected, RequestFinished};
@@ -176,13 +177,11 @@ impl<B: Body> Body for ContextBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(B::is_end_stream)
+        maybe_body::is_end_stream(self.inner.as_ref())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+        maybe_body::size_hint(self.inner.as_ref())
     }
 }
 

@@ -16,7 +16,8 @@ use tower_service::Service;
 
 use std::sync::Arc;
 
-use crate::integrations::deadline_header::DeadlineHeader;
+use crate::integrations::deadline_header::{self, DeadlineHeader};
+use crate::integrations::maybe_body;
 use crate::{Cause, Context, Done, Error};
 
 /// A boxed error, as tower and hyper use them.
@@ -236,7 +237,7 @@ impl<M> ClientLayer<M> {
     /// ```
     pub fn with_mapping() -> ClientLayer<M> {
         ClientLayer {
-            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
+            deadline_headers: deadline_header::default_set(),
             _mapping: PhantomData,
         }
     }
@@ -267,14 +268,7 @@ impl<M> ClientLayer<M> {
     /// # }
     /// ```
     pub fn deadline_header(mut self, header: DeadlineHeader) -> ClientLayer<M> {
-        let mut set: Vec<DeadlineHeader> = self
-            .deadline_headers
-            .iter()
-            .filter(|h| h.name() != header.name())
-            .cloned()
-            .collect();
-        set.push(header);
-        self.deadline_headers = set.into();
+        self.deadline_headers = deadline_header::with_header(&self.deadline_headers, header);
         self
     }
 
@@ -404,16 +398,7 @@ where
                 // The timer has not fired yet, but the deadline has passed.
                 return ClientFuture::failed(Error::DeadlineExceeded, None);
             }
-            let headers = req.headers_mut();
-            for h in self.deadline_headers.iter() {
-                let keep = headers
-                    .get(h.name())
-                    .and_then(|v| h.parse(v.as_bytes()))
-                    .is_some_and(|existing| existing <= left);
-                if !keep {
-                    headers.insert(h.name().clone(), h.encode(left));
-                }
-            }
+            deadline_header::write_all(&self.deadline_headers, req.headers_mut(), left);
         }
         let done = ctx.done();
         ClientFuture::running(self.inner.call(req), Some((done, ctx)))
@@ -441,14 +426,14 @@ pin_project_lite::pin_project! {
     pub struct ClientFuture<F, M> {
         #[pin]
         inner: Option<F>,
-        done: Option<(Done, Context)>,
+        done: Bound,
         failed: Option<(Error, Option<Cause>)>,
         _mapping: PhantomData<fn() -> M>,
     }
 }
 
 impl<F, M> ClientFuture<F, M> {
-    fn running(inner: F, done: Option<(Done, Context)>) -> Self {
+    fn running(inner: F, done: Bound) -> Self {
         ClientFuture {
             inner: Some(inner),
             done,
@@ -505,17 +490,40 @@ where
                 Err(e) => Err(M::inner(e)),
             });
         }
-        if let Some((done, ctx)) = this.done.as_mut() {
-            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
-                let cause = ctx.cause();
-                // Abort the call now, not when the caller drops us.
-                this.inner.set(None);
-                *this.done = None;
-                return Poll::Ready(Err(M::context(err, cause)));
-            }
+        if let Poll::Ready((err, cause)) = poll_end(this.done, cx) {
+            // Abort the call now, not when the caller drops us.
+            this.inner.set(None);
+            return Poll::Ready(Err(M::context(err, cause)));
         }
         Poll::Pending
     }
+}
+
+/// The call's context while it bounds a call or its response body: the
+/// waiter on its end, and the context itself (for the cause). `None` once
+/// the call is unbounded (no context, or the bound is over).
+type Bound = Option<(Done, Context)>;
+
+/// If the bounding context has already ended: stops bounding (drops the
+/// waiter) and returns why it ended.
+fn ended(bound: &mut Bound) -> Option<(Error, Option<Cause>)> {
+    let err = bound.as_ref()?.1.err().err()?;
+    let cause = bound.take().and_then(|(_, ctx)| ctx.cause());
+    Some((err, cause))
+}
+
+/// Polls the end of the bounding context: once it has ended, stops
+/// bounding (drops the waiter) and returns why it ended.
+fn poll_end(bound: &mut Bound, cx: &mut TaskContext<'_>) -> Poll<(Error, Option<Cause>)> {
+    let Some((done, ctx)) = bound.as_mut() else {
+        return Poll::Pending;
+    };
+    let Poll::Ready(err) = Pin::new(done).poll(cx) else {
+        return Poll::Pending;
+    };
+    let cause = ctx.cause();
+    *bound = None;
+    Poll::Ready((err, cause))
 }
 
 pin_project_lite::pin_project! {
@@ -556,13 +564,13 @@ pin_project_lite::pin_project! {
     pub struct ClientBody<B, M = IoErrors> {
         #[pin]
         inner: Option<B>,
-        done: Option<(Done, Context)>,
+        done: Bound,
         _mapping: PhantomData<fn() -> M>,
     }
 }
 
 impl<B, M> ClientBody<B, M> {
-    fn new(inner: B, done: Option<(Done, Context)>) -> ClientBody<B, M> {
+    fn new(inner: B, done: Bound) -> ClientBody<B, M> {
         ClientBody {
             inner: Some(inner),
             done,
@@ -608,13 +616,9 @@ where
         };
         // A read that starts after the context ended fails, whatever is
         // buffered (Go's body reads do the same).
-        if let Some((_, ctx)) = this.done.as_ref() {
-            if let Err(err) = ctx.err() {
-                let cause = ctx.cause();
-                this.inner.set(None);
-                *this.done = None;
-                return Poll::Ready(Some(Err(M::context(err, cause))));
-            }
+        if let Some((err, cause)) = ended(this.done) {
+            this.inner.set(None);
+            return Poll::Ready(Some(Err(M::context(err, cause))));
         }
         match body.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
@@ -626,26 +630,20 @@ where
             }
             Poll::Pending => {}
         }
-        if let Some((done, ctx)) = this.done.as_mut() {
-            if let Poll::Ready(err) = Pin::new(done).poll(cx) {
-                let cause = ctx.cause();
-                // Abort the transfer now, not when the caller drops us.
-                this.inner.set(None);
-                *this.done = None;
-                return Poll::Ready(Some(Err(M::context(err, cause))));
-            }
+        if let Poll::Ready((err, cause)) = poll_end(this.done, cx) {
+            // Abort the transfer now, not when the caller drops us.
+            this.inner.set(None);
+            return Poll::Ready(Some(Err(M::context(err, cause))));
         }
         Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(B::is_end_stream)
+        maybe_body::is_end_stream(self.inner.as_ref())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+        maybe_body::size_hint(self.inner.as_ref())
     }
 }
 

@@ -1,9 +1,12 @@
 //! [`DeadlineHeader`]: which request headers carry a deadline, and how —
 //! gRPC's `grpc-timeout`, Connect's `Connect-Timeout-Ms`, a proxy's
 //! `x-envoy-expected-rq-timeout-ms`, or any header holding an integer
-//! count of a unit.
+//! count of a unit — and the set of them a layer uses: built the same way
+//! by both layers, read by the server layer ([`read_all`]), written by the
+//! client layer ([`write_all`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -248,6 +251,37 @@ pub(crate) struct Combined {
     pub(crate) malformed: u32,
     /// Whether the `grpc-timeout` header was among the malformed.
     pub(crate) grpc_malformed: bool,
+}
+
+/// The set both layers start with: `grpc-timeout` alone.
+pub(crate) fn default_set() -> Arc<[DeadlineHeader]> {
+    Arc::from([DeadlineHeader::grpc()])
+}
+
+/// `set` with `header` added at the end, replacing a header of the same
+/// name.
+pub(crate) fn with_header(set: &[DeadlineHeader], header: DeadlineHeader) -> Arc<[DeadlineHeader]> {
+    let mut out: Vec<DeadlineHeader> = set
+        .iter()
+        .filter(|h| h.name() != header.name())
+        .cloned()
+        .collect();
+    out.push(header);
+    out.into()
+}
+
+/// Writes the time `left` into every header of `set`, keeping a value
+/// already in `headers` that parses and is no larger.
+pub(crate) fn write_all(set: &[DeadlineHeader], headers: &mut HeaderMap, left: Duration) {
+    for h in set {
+        let keep = headers
+            .get(h.name())
+            .and_then(|v| h.parse(v.as_bytes()))
+            .is_some_and(|existing| existing <= left);
+        if !keep {
+            headers.insert(h.name().clone(), h.encode(left));
+        }
+    }
 }
 
 /// Reads every header of `set` from `headers`: the earliest timeout wins.

@@ -64,8 +64,10 @@
 mod body;
 mod client;
 mod deadline_header;
+mod error_response;
 pub mod grpc_timeout;
 mod hook;
+mod maybe_body;
 mod outcome;
 mod server;
 mod shutdown;

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::integrations::body::{ContextBody, RequestGuard};
 use crate::integrations::deadline_header::{self, DeadlineHeader};
+use crate::integrations::error_response::{is_grpc, ErrorResponse};
 use crate::integrations::hook::{OnEnd, PendingReport, RequestEnd};
 use crate::integrations::shutdown::{ShutdownHandle, Tracker};
 use crate::{Context, Done, Error};
@@ -164,13 +165,19 @@ impl ServerLayer {
     /// assert_eq!(layer.malformed_grpc_timeouts(), 0);
     /// ```
     pub fn new(root: Context) -> ServerLayer {
+        ServerLayer::with_parts(Some(root), deadline_header::default_set())
+    }
+
+    /// A layer with this root and these deadline headers, everything else
+    /// at its default.
+    fn with_parts(root: Option<Context>, deadline_headers: Arc<[DeadlineHeader]>) -> ServerLayer {
         ServerLayer {
-            root: Some(root),
+            root,
             max_timeout: None,
             abort: false,
             stats: Arc::default(),
             tracker: None,
-            deadline_headers: Arc::from([DeadlineHeader::grpc()]),
+            deadline_headers,
             on_end: None,
             cap_cache: CapCache::new(),
         }
@@ -241,14 +248,7 @@ impl ServerLayer {
     /// # }
     /// ```
     pub fn deadline_header(mut self, header: DeadlineHeader) -> ServerLayer {
-        let mut set: Vec<DeadlineHeader> = self
-            .deadline_headers
-            .iter()
-            .filter(|h| h.name() != header.name())
-            .cloned()
-            .collect();
-        set.push(header);
-        self.deadline_headers = set.into();
+        self.deadline_headers = deadline_header::with_header(&self.deadline_headers, header);
         self
     }
 
@@ -312,16 +312,7 @@ impl ServerLayer {
     /// # let _ = app;
     /// ```
     pub fn nested() -> ServerLayer {
-        ServerLayer {
-            root: None,
-            max_timeout: None,
-            abort: false,
-            stats: Arc::default(),
-            tracker: None,
-            deadline_headers: Arc::from([]),
-            on_end: None,
-            cap_cache: CapCache::new(),
-        }
+        ServerLayer::with_parts(None, Arc::from([]))
     }
 
     /// A per-route timeout: [`nested`](Self::nested) with
@@ -567,12 +558,6 @@ impl<S> ServerService<S> {
     }
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -685,7 +670,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if std::mem::take(this.refused) {
-            return Poll::Ready(Ok(refused_response(*this.grpc)));
+            return Poll::Ready(Ok(ErrorResponse::ShuttingDown.response(*this.grpc)));
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             // Polled after completion: stay pending rather than panic.
@@ -724,55 +709,13 @@ where
                     if let Some(mut guard) = this.guard.take() {
                         guard.finish();
                     }
-                    return Poll::Ready(Ok(deadline_response(*this.grpc)));
+                    return Poll::Ready(Ok(ErrorResponse::DeadlineExceeded.response(*this.grpc)));
                 }
                 // Cancelled otherwise (shutdown): the handler decides.
             }
         }
         Poll::Pending
     }
-}
-
-/// The answer to a request refused during shutdown: 503 and
-/// `connection: close`, or gRPC status 14 trailers-only.
-fn refused_response<B>(grpc: bool) -> Response<ContextBody<B>> {
-    let mut response = Response::new(ContextBody::empty());
-    let headers = response.headers_mut();
-    if grpc {
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static("14"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("server%20shutting%20down"),
-        );
-    } else {
-        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    }
-    response
-}
-
-/// The answer of `abort_on_deadline`: 504, or gRPC status 4 trailers-only.
-fn deadline_response<B>(grpc: bool) -> Response<ContextBody<B>> {
-    let mut response = Response::new(ContextBody::empty());
-    if grpc {
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static("4"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("context%20deadline%20exceeded"),
-        );
-    } else {
-        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    }
-    response
 }
 
 #[cfg(test)]
