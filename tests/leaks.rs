@@ -1,4 +1,5 @@
-//! Memory leaks, with a counting global allocator (this binary only).
+//! Memory leaks, with the counting global allocator of
+//! `tests/common/mod.rs` (`common::counting`).
 //!
 //! The allocator tags each allocation made by a *tracked* thread (the
 //! test's own thread while measuring, and the threads it starts) in a small
@@ -14,118 +15,15 @@
 //! cancelled and dropped on a small stack with their values dropped; here
 //! the same shapes must give back every byte.
 
+mod common;
 mod model;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use common::counting::{track_this_thread, tracked_bytes, untrack_this_thread, Counting};
 use ctxtree::{Context, Error};
-
-// ---- the counting allocator ------------------------------------------------
-
-/// Bytes allocated by tracked threads and not yet freed.
-static TRACKED_BYTES: AtomicIsize = AtomicIsize::new(0);
-/// Header tag of a tracked allocation.
-const TAG: usize = 0x7ac3_d00d_5eed_0001;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn tracking() -> bool {
-    TRACKING.try_with(Cell::get).unwrap_or(false)
-}
-
-/// Marks the current thread as tracked (its allocations are counted).
-fn track_this_thread() {
-    TRACKING.with(|t| t.set(true));
-}
-
-struct Counting;
-
-impl Counting {
-    /// Room in front of the block for the tag, keeping the alignment.
-    fn offset(layout: Layout) -> usize {
-        layout.align().max(2 * std::mem::size_of::<usize>())
-    }
-
-    fn outer(layout: Layout) -> Layout {
-        let off = Self::offset(layout);
-        Layout::from_size_align(layout.size() + off, off).expect("layout")
-    }
-
-    /// # Safety
-    /// `base` is a fresh block of `outer(layout)`.
-    unsafe fn finish(base: *mut u8, layout: Layout, tracked: bool) -> *mut u8 {
-        if base.is_null() {
-            return base;
-        }
-        let off = Self::offset(layout);
-        // SAFETY: the block has `off` bytes in front of the user part, and
-        // `off` is a multiple of usize's alignment.
-        unsafe {
-            let user = base.add(off);
-            user.cast::<usize>()
-                .sub(1)
-                .write(if tracked { TAG } else { 0 });
-            if tracked {
-                TRACKED_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            }
-            user
-        }
-    }
-
-    /// # Safety
-    /// `ptr` came from this allocator with `layout`.
-    unsafe fn tracked_block(ptr: *mut u8) -> bool {
-        // SAFETY: the tag precedes every block we hand out.
-        unsafe { ptr.cast::<usize>().sub(1).read() == TAG }
-    }
-}
-
-// SAFETY: delegates to `System` with a larger layout and hands out a
-// correctly aligned interior pointer; dealloc/realloc undo the offset.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with a non-zero size.
-        unsafe { Self::finish(System.alloc(Self::outer(layout)), layout, tracking()) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as above.
-        unsafe { Self::finish(System.alloc_zeroed(Self::outer(layout)), layout, tracking()) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with `layout`.
-        unsafe {
-            if Self::tracked_block(ptr) {
-                TRACKED_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-            }
-            System.dealloc(ptr.sub(Self::offset(layout)), Self::outer(layout));
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // A moved block keeps the tag of the block it came from.
-        // SAFETY: `ptr` came from `alloc` with `layout`; the new layout is
-        // valid per the `GlobalAlloc` contract.
-        unsafe {
-            let tracked = Self::tracked_block(ptr);
-            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-            let new = Self::finish(System.alloc(Self::outer(new_layout)), new_layout, tracked);
-            if !new.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-            new
-        }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -137,10 +35,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Deadline contexts alive at once during warm-up: more than any test
 /// here holds, so the timer wheel's slab never grows while measuring.
 const WARM_DEADLINES: usize = if cfg!(miri) { 64 } else { 20_000 };
-
-fn tracked_bytes() -> isize {
-    TRACKED_BYTES.load(Ordering::SeqCst)
-}
 
 /// Flushes the epoch until the tracked bytes come back to `target` (or
 /// gives up) and returns what is left.
@@ -158,29 +52,14 @@ fn settle(target: isize) -> isize {
 /// Runs `workload` on this (tracked) thread after warming up and returns
 /// the tracked bytes left after it and a flush.
 fn leaked_by(workload: impl FnOnce()) -> isize {
-    // Allocations that live as long as the process: the collector and
-    // this thread's epoch handle, the timer thread and the wheel's slab,
-    // the two default causes.
-    {
-        let held: Vec<_> = (0..WARM_DEADLINES)
-            .map(|_| Context::background().with_timeout(Duration::from_secs(3600)))
-            .collect();
-        drop(held);
-        let (ctx, handle) = Context::background().with_cancel();
-        let _ = ctx.wait_timeout(Duration::ZERO);
-        handle.cancel();
-        // The shared default causes (`Arc::new(err)`) are made on first use.
-        let _ = ctx.cause();
-        let _ = Context::background().with_timeout(Duration::ZERO).0.cause();
-        ctxtree::__private::flush_epoch();
-    }
+    common::counting::warm_up(WARM_DEADLINES);
     let before = tracked_bytes();
     track_this_thread();
     workload();
     // Untracked again before flushing: the epoch's own bookkeeping (the
     // bags each flush seals) is not the workload's memory; what the
     // workload allocated is still counted when it is freed.
-    TRACKING.with(|t| t.set(false));
+    untrack_this_thread();
     settle(before) - before
 }
 

@@ -1,9 +1,10 @@
 //! Random operation sequences against the reference model of
-//! `tests/model/mod.rs` (the same harness the fuzz targets run): one thread
-//! compared step by step with the model, and two threads checked for the
-//! properties that hold under every interleaving.
+//! `tests/model/` (the same harness the fuzz targets run): one thread
+//! compared step by step with the model, on every kind of op and on
+//! larger forests of cancel, value, detach and merge layers; and two
+//! threads checked for the properties that hold under every interleaving.
 //!
-//! Both tests take `SERIAL`: the harness compares the crate-global counts
+//! Every test takes `SERIAL`: the harness compares the crate-global counts
 //! of live nodes and armed timers, which other tests of this binary running
 //! at the same time would disturb.
 
@@ -32,6 +33,39 @@ proptest! {
     ) {
         let _serial = serial();
         model::run_single(&input);
+    }
+}
+
+/// The ops of a forest of cancel, value, detach and merge layers (no
+/// deadlines, callbacks or futures), weighted towards derivations.
+fn tree_op() -> impl Strategy<Value = model::Op> {
+    use model::{Op, Parent};
+    let slot = || any::<u8>().prop_map(Parent::Slot);
+    prop_oneof![
+        3 => slot().prop_map(Op::WithCancel),
+        1 => (slot(), any::<u8>()).prop_map(|(p, k)| Op::WithValue(p, k)),
+        1 => slot().prop_map(Op::WithoutCancel),
+        2 => (slot(), slot()).prop_map(|(a, b)| Op::Merge(a, b)),
+        2 => any::<u8>().prop_map(Op::CancelWithCause),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 4 } else { 256 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Up to 60 ops, every context kept (up to 64 held, where the byte
+    /// inputs above hold 16): deep and wide forests with merges across
+    /// them, each step compared with the model.
+    #[test]
+    fn random_forests_of_cancel_value_detach_and_merge_layers_match_the_reference_model(
+        ops in proptest::collection::vec(tree_op(), 1..60)
+    ) {
+        let _serial = serial();
+        model::run_single_ops_with_slots(&ops, 64);
     }
 }
 

@@ -21,7 +21,7 @@
 //!   cancelled while the thread waits, and the waiter drops its child right
 //!   after waking: the shape of issue 9's use-after-free;
 //! - **model rounds** (~1/4 of the time): the reference-model harness of
-//!   `tests/model/mod.rs` (`model::run_threads`, as `tests/stress.rs` uses
+//!   `tests/model/` (`model::run_threads`, as `tests/stress.rs` uses
 //!   it) on random inputs, which checks outcomes, causes and reachability
 //!   exactly against its shared-forest model.
 //!
@@ -49,17 +49,15 @@
 mod common;
 mod model;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::counting::{track_this_thread, tracked_bytes, untrack_this_thread};
-use common::{with_watchdog, CountingWaker, DropCounter, NumberedError};
-use ctxtree::{AfterFunc, CancelHandle, Context, Done, Error};
+use common::{with_watchdog, DropCounter};
+use ctxtree::{AfterFunc, CancelHandle, Context, Error};
+use model::{Tag, WatchedDone};
 
 #[global_allocator]
 static ALLOC: common::counting::Counting = common::counting::Counting;
@@ -121,17 +119,14 @@ struct Val {
     _drop: DropCounter,
 }
 
-/// The cause given to `with_*_cause` deadlines.
-#[derive(Debug)]
-struct DeadlineTag(u64);
-
-impl std::fmt::Display for DeadlineTag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "deadline tag {}", self.0)
+/// The cause given to `cancel_with_cause` (`deadline: false`) and to
+/// `with_*_cause` deadlines (`deadline: true`).
+fn tag(id: u64, deadline: bool) -> Tag {
+    Tag {
+        id: id as u32,
+        deadline,
     }
 }
-
-impl std::error::Error for DeadlineTag {}
 
 /// One pool node.
 #[derive(Clone)]
@@ -250,38 +245,14 @@ impl Round {
     }
 }
 
-/// What holds of one context at any time, whatever races with the reads.
+/// What holds of one context at any time, whatever races with the reads:
+/// the harness's checks (`model::check_reads`: the reads agree, the cause
+/// matches the error), and a `DeadlineExceeded` is never early (the real
+/// timer fires deadlines here).
 fn check_consistent(ctx: &Context) {
-    let err = ctx.err();
-    let cause = ctx.cause();
-    let done = ctx.is_done();
-    let err2 = ctx.err();
-    if let Err(e) = err {
-        assert!(
-            cause.is_some(),
-            "{ctx:?}: err() is {e:?} but cause() is None"
-        );
-        assert!(done, "{ctx:?}: err() is {e:?} but is_done() is false later");
-        assert_eq!(err2, err, "{ctx:?}: err() changed after done");
-    }
-    if done {
-        assert!(err2.is_err(), "{ctx:?}: is_done() but err() is Ok later");
-    }
-    if let Some(cause) = cause {
-        let e = err2.expect_err("cause() was Some, so err() must be Err later");
-        if let Some(d) = cause.downcast_ref::<Error>() {
-            assert_eq!(*d, e, "{ctx:?}: default cause vs err");
-        } else if cause.downcast_ref::<NumberedError>().is_some() {
-            assert_eq!(e, Error::Canceled, "{ctx:?}: cancel cause vs err");
-        } else if cause.downcast_ref::<DeadlineTag>().is_some() {
-            assert_eq!(e, Error::DeadlineExceeded, "{ctx:?}: deadline cause vs err");
-        } else {
-            panic!("{ctx:?}: unknown cause {cause:?}");
-        }
-        if e == Error::DeadlineExceeded {
-            if let Some(d) = ctx.deadline() {
-                assert!(Instant::now() >= d, "{ctx:?}: deadline exceeded early");
-            }
+    if let Some((Error::DeadlineExceeded, _)) = model::check_reads(ctx) {
+        if let Some(d) = ctx.deadline() {
+            assert!(Instant::now() >= d, "{ctx:?}: deadline exceeded early");
         }
     }
 }
@@ -295,45 +266,18 @@ fn check_waited(ctx: &Context, got: Error, stats: &Stats) {
     check_consistent(ctx);
 }
 
-/// A `done()` future a thread keeps, with its waker.
-struct KeptDone {
-    ctx: Context,
-    fut: Done,
-    waker: Arc<CountingWaker>,
-    polled_pending: bool,
-}
-
-fn poll_once(fut: &mut Done, waker: &Waker) -> Poll<Error> {
-    Pin::new(fut).poll(&mut std::task::Context::from_waker(waker))
-}
-
-/// Polls a kept `done()` and checks the result.
-fn poll_kept(d: &mut KeptDone) {
-    let was_done = d.ctx.is_done();
-    match poll_once(&mut d.fut, &d.waker.waker()) {
-        Poll::Ready(e) => {
-            assert_eq!(Err(e), d.ctx.err(), "done() result");
-            d.polled_pending = false;
-        }
-        Poll::Pending => {
-            assert!(!was_done, "done() pending on a done context");
-            d.polled_pending = true;
-        }
-    }
-}
-
 /// Checks a kept `done()` before dropping it: pending and now done means
 /// its waker must have been called.
-fn settle_kept(d: KeptDone) {
-    if d.polled_pending && d.ctx.is_done() {
+fn settle_kept(d: WatchedDone) {
+    if d.owes_wake() {
         // The waker may be called on the cancelling thread just after the
         // context is observably done; give it a bounded moment.
         let start = Instant::now();
-        while d.waker.wakes() == 0 && start.elapsed() < Duration::from_secs(10) {
+        while d.wakes() == 0 && start.elapsed() < Duration::from_secs(10) {
             thread::yield_now();
         }
         assert!(
-            d.waker.wakes() > 0,
+            d.wakes() > 0,
             "a pending done() of {:?} was never woken",
             d.ctx
         );
@@ -345,7 +289,7 @@ fn settle_kept(d: KeptDone) {
 /// cancelled while they wait; the others mostly derive, wait and drop.
 fn worker(round: &Round, mut rng: Rng, canceller: bool) {
     let stats = &*round.stats;
-    let mut dones: Vec<KeptDone> = Vec::new();
+    let mut dones: Vec<WatchedDone> = Vec::new();
     let mut i = 0u64;
     while Instant::now() < round.end {
         i += 1;
@@ -395,18 +339,13 @@ fn worker(round: &Round, mut rng: Rng, canceller: bool) {
                 // Keep, poll or drop `done()` futures across operations.
                 if dones.len() < MAX_DONES && rng.chance(50) {
                     let ctx = round.pick(&mut rng).ctx;
-                    let mut d = KeptDone {
-                        fut: ctx.done(),
-                        ctx,
-                        waker: CountingWaker::new(),
-                        polled_pending: false,
-                    };
-                    poll_kept(&mut d);
+                    let mut d = WatchedDone::new(ctx);
+                    d.poll();
                     dones.push(d);
                 } else if !dones.is_empty() {
                     let k = rng.below(dones.len());
                     if rng.chance(50) {
-                        poll_kept(&mut dones[k]);
+                        dones[k].poll();
                     } else {
                         settle_kept(dones.swap_remove(k));
                     }
@@ -476,10 +415,10 @@ fn derive(round: &Round, rng: &mut Rng) {
             let (ctx, h) = match rng.below(4) {
                 0 => parent.ctx.with_timeout(d),
                 1 => parent.ctx.with_deadline(Instant::now() + d),
-                2 => parent.ctx.with_timeout_cause(d, DeadlineTag(id)),
+                2 => parent.ctx.with_timeout_cause(d, tag(id, true)),
                 _ => parent
                     .ctx
-                    .with_deadline_cause(Instant::now() + d, DeadlineTag(id)),
+                    .with_deadline_cause(Instant::now() + d, tag(id, true)),
             };
             if parent_was_done {
                 assert!(ctx.is_done(), "{ctx:?}: done on creation");
@@ -585,7 +524,7 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
             Stats::add(&round.stats.cancels);
             match rng.below(3) {
                 0 => h.cancel(),
-                1 => h.cancel_with_cause(NumberedError(i as usize)),
+                1 => h.cancel_with_cause(tag(i, false)),
                 _ => drop(h.drop_guard()),
             }
             assert!(ctx.is_done(), "{ctx:?} not done after its cancel returned");
@@ -604,7 +543,7 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
     let child = e.ctx.with_cancel().0;
     match rng.below(3) {
         0 => h.cancel(),
-        1 => h.cancel_with_cause(NumberedError(i as usize)),
+        1 => h.cancel_with_cause(tag(i, false)),
         _ => drop(h.drop_guard()),
     }
     assert!(
@@ -639,7 +578,7 @@ fn cancel(round: &Round, rng: &mut Rng, i: u64, canceller: bool) {
     }
 }
 
-fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
+fn wait(round: &Round, rng: &mut Rng, dones: &mut [WatchedDone], canceller: bool) {
     let stats = &*round.stats;
     let e = round.pick(rng);
     // Something that is surely done soon: a short-deadline child of the
@@ -757,13 +696,11 @@ fn wait(round: &Round, rng: &mut Rng, dones: &mut [KeptDone], canceller: bool) {
             // removed while cancels race with it), or poll a kept one.
             if !dones.is_empty() && rng.chance(50) {
                 let k = rng.below(dones.len());
-                poll_kept(&mut dones[k]);
+                dones[k].poll();
             } else {
-                let mut fut = e.ctx.done();
-                let was_done = e.ctx.is_done();
-                match poll_once(&mut fut, futures::task::noop_waker_ref()) {
-                    Poll::Ready(err) => check_waited(&e.ctx, err, stats),
-                    Poll::Pending => assert!(!was_done, "done() pending on a done context"),
+                // (`poll` checks a pending result against `is_done`.)
+                if let Some(err) = WatchedDone::new(e.ctx.clone()).poll() {
+                    check_waited(&e.ctx, err, stats);
                 }
             }
         }
@@ -785,15 +722,12 @@ fn after_func(round: &Round, rng: &mut Rng) {
     round.closures_made.fetch_add(1, Ordering::SeqCst);
     let dropped = DropCounter::with_counter(&round.closures_dropped);
     if keep {
-        let (ctx, r) = (e.ctx.clone(), Arc::clone(&runs));
+        // The harness's body: the context is done, a child derived now is
+        // done with the same cause, and it runs at most once.
+        let body = model::callback_body(e.ctx.clone(), Arc::clone(&runs));
         let af = e.ctx.after_func(move || {
             let _dropped = dropped;
-            assert!(ctx.is_done(), "after_func ran before {ctx:?} was done");
-            // A callback may derive: the child is done with the same cause.
-            let (child, _h) = ctx.with_cancel();
-            assert_eq!(child.err(), ctx.err());
-            assert!(Arc::ptr_eq(&child.cause().unwrap(), &ctx.cause().unwrap()));
-            assert_eq!(r.fetch_add(1, Ordering::SeqCst), 0, "callback ran twice");
+            body();
             Stats::add(&stats.callbacks_run);
         });
         lock(&round.kept).push(Kept {
@@ -1034,15 +968,7 @@ fn check_nothing_left(baseline: isize, what: &str) {
 /// What is allocated once per process (the epoch collector, the timer
 /// thread and its wheel's slab, the default causes), made before counting.
 fn warm_up() {
-    let held: Vec<_> = (0..20_000)
-        .map(|_| Context::background().with_timeout(Duration::from_secs(3600)))
-        .collect();
-    drop(held);
-    let (ctx, handle) = Context::background().with_cancel();
-    let _ = ctx.wait_timeout(Duration::ZERO);
-    handle.cancel();
-    let _ = ctx.cause();
-    let _ = Context::background().with_timeout(Duration::ZERO).0.cause();
+    common::counting::warm_up(20_000);
     assert!(
         common::flush_timer_thread(Duration::from_secs(10)),
         "the timer thread runs callbacks"

@@ -1,6 +1,6 @@
 //! Fuzz target 2: the same operations from two threads on one forest,
 //! checking the interleaving-invariant properties and that nothing leaks
-//! (`tests/model/mod.rs`, shared with the proptest suite).
+//! (`tests/model/`, shared with the proptest suite).
 #![no_main]
 
 #[path = "../../tests/model/mod.rs"]

@@ -13,51 +13,13 @@ use std::time::{Duration, Instant};
 
 use ctxtree::{__private, Context, Error};
 use loom::thread;
-
-/// Runs `f` under loom and checks that every node memory claim taken in the
-/// model was released (or handed to the epoch for release): every node the
-/// model made is freed.
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    model_capped(usize::MAX, f);
-}
+use loom_tests::{model, model_capped, Tracked};
 
 /// The bound of the four largest models (three walkers or merges racing):
 /// at bound 4 they take 57 to 126 s each, 60 % of the binary's time, and
 /// no broken variant of `loom-tests/broken/` needs more than 3 to fail a
 /// model (docs/VERIFICATION.md).
 const CAPPED: usize = 3;
-
-/// [`model`] with the preemption bound (`LOOM_MAX_PREEMPTIONS`) capped at
-/// `max`, for the few models whose state space explodes above it.
-fn model_capped(max: usize, f: impl Fn() + Sync + Send + 'static) {
-    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
-    EXECUTIONS.store(0, Ordering::Relaxed);
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(builder.preemption_bound.map_or(max, |b| b.min(max)));
-    builder.check(move || {
-        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
-        let before = __private::live_claims();
-        f();
-        assert_eq!(
-            __private::live_claims(),
-            before,
-            "a node memory claim was never released"
-        );
-    });
-    // Read by .ci/loom.sh for the record in docs/VERIFICATION.md.
-    println!(
-        "loom executions explored: {}",
-        EXECUTIONS.load(Ordering::Relaxed)
-    );
-}
-
-/// A value whose drop is counted.
-struct Tracked(Arc<AtomicUsize>);
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// `ctx.with_value(Tracked)`, consuming `ctx` so that only the value layer
 /// keeps it alive.

@@ -45,28 +45,7 @@ use std::time::{Duration, Instant};
 
 use ctxtree::{__private, AfterFunc, CancelHandle, Context, Error};
 use loom::thread;
-
-/// Runs `f` under loom and checks that every node memory claim taken in the
-/// model is released (or handed to the epoch for release) by its end.
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
-    EXECUTIONS.store(0, Ordering::Relaxed);
-    loom::model(move || {
-        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
-        let before = __private::live_claims();
-        f();
-        assert_eq!(
-            __private::live_claims(),
-            before,
-            "a node memory claim was never released"
-        );
-    });
-    // Read by .ci/loom.sh.
-    println!(
-        "loom executions explored: {}",
-        EXECUTIONS.load(Ordering::Relaxed)
-    );
-}
+use loom_tests::{model, Tracked};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Shape {
@@ -89,14 +68,6 @@ enum Op {
     Stop,
     CancelSelf,
     Read,
-}
-
-/// A value whose drop is counted.
-struct Tracked(Arc<AtomicUsize>);
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
 }
 
 /// What the racing thread is given: `X` and everything hanging on it.

@@ -25,28 +25,7 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use ctxtree::{__private, CancelHandle, Context, Done, Error};
 use loom::sync::Mutex;
 use loom::thread;
-
-/// Runs `f` under loom and checks that every node the model made is freed
-/// (as `loom_core.rs` does).
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
-    EXECUTIONS.store(0, Ordering::Relaxed);
-    loom::model(move || {
-        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
-        let before = __private::live_claims();
-        f();
-        assert_eq!(
-            __private::live_claims(),
-            before,
-            "a node memory claim was never released"
-        );
-    });
-    // Read by .ci/loom.sh for the record in docs/VERIFICATION.md.
-    println!(
-        "loom executions explored: {}",
-        EXECUTIONS.load(Ordering::Relaxed)
-    );
-}
+use loom_tests::model;
 
 /// What a waker does, once, when first woken.
 type Action = Box<dyn FnOnce() + Send>;

@@ -176,21 +176,43 @@ pub fn count(counter: &AtomicUsize) -> usize {
     counter.load(Ordering::SeqCst)
 }
 
-/// A counting global allocator for the soak binaries (`tests/soak.rs`,
-/// `tests/server_soak.rs`), which register it with
+/// A counting global allocator for the binaries that count bytes
+/// (`tests/leaks.rs`, `tests/soak.rs`, `tests/server_soak.rs`), which
+/// register it with
 /// `#[global_allocator] static A: common::counting::Counting = common::counting::Counting;`.
 ///
 /// It works in release builds (unlike `__private::live_claims`, which
 /// exists only with debug assertions), so the ASan run (`--release`) still
-/// checks that every node is freed. Same scheme as `tests/leaks.rs`: each
-/// allocation made by a *tracked* thread carries a tag in a small header,
-/// and the tagged bytes still allocated are counted whichever thread frees
-/// them, so memory the crate frees later through the epoch or on the timer
-/// thread is accounted for, and libtest's own allocations are not.
+/// checks that every node is freed. Each allocation made by a *tracked*
+/// thread carries a tag in a small header, and the tagged bytes still
+/// allocated are counted whichever thread frees them, so memory the crate
+/// frees later through the epoch or on the timer thread is accounted for,
+/// and libtest's own allocations are not.
 pub mod counting {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
     use std::sync::atomic::{AtomicIsize, Ordering};
+    use std::time::Duration;
+
+    use ctxtree::Context;
+
+    /// Makes what the crate allocates once per process, so that a count
+    /// started afterwards sees only the workload: the epoch collector and
+    /// this thread's epoch handle, the timer thread and its wheel's slab
+    /// (grown to `deadlines` entries at once, more than the workload
+    /// holds), the two default causes (`Arc::new(err)`, made on first use).
+    pub fn warm_up(deadlines: usize) {
+        let held: Vec<_> = (0..deadlines)
+            .map(|_| Context::background().with_timeout(Duration::from_secs(3600)))
+            .collect();
+        drop(held);
+        let (ctx, handle) = Context::background().with_cancel();
+        let _ = ctx.wait_timeout(Duration::ZERO);
+        handle.cancel();
+        let _ = ctx.cause();
+        let _ = Context::background().with_timeout(Duration::ZERO).0.cause();
+        ctxtree::__private::flush_epoch();
+    }
 
     /// Bytes allocated by tracked threads and not yet freed.
     static TRACKED_BYTES: AtomicIsize = AtomicIsize::new(0);
