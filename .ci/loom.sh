@@ -7,7 +7,7 @@
 # 3, loom_wakers at 4, loom_retention and any other binary at 3 (CI_BOUNDS
 # and CI_DEFAULT below, chosen from the times measured in
 # docs/VERIFICATION.md to keep the step under 8 min). Four loom_core models
-# cap their own bound at 3 (`model_capped` in loom_core.rs), whatever the
+# cap their own bound at 3 (`model_capped` in loom-tests/src/lib.rs), whatever the
 # script asks for.
 #
 # Usage: .ci/loom.sh [BOUND] [FILTER]
