@@ -5,9 +5,10 @@
 //! point at any of them and `Header::kind` says which one it is.
 //!
 //! Two counts live in the header:
-//! - `refs` counts *observers*: `Context` clones, `CancelHandle`s (and
-//!   guards), `Done` futures, child nodes (each child holds its parent),
-//!   pending `after_func` callbacks, and a timer that is firing. When it
+//! - `refs` counts *observers*: handles ([`raw::RawContext`], hence
+//!   `Context` clones and `Done` futures), `CancelHandle`s (and guards),
+//!   child nodes (each child holds its parent), pending `after_func`
+//!   callbacks, and a timer that is firing. When it
 //!   reaches zero the node *dies*: user data (values, causes) is dropped at
 //!   once and the node leaves its parent's list.
 //! - `claims` counts who may still touch the node's *memory*: one for
@@ -22,6 +23,7 @@ pub(crate) mod callback;
 pub(crate) mod cancel;
 pub(crate) mod children;
 pub(crate) mod derive;
+pub(crate) mod raw;
 pub(crate) mod state;
 pub(crate) mod timer_glue;
 pub(crate) mod values;
@@ -33,8 +35,8 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use self::children::{ChildList, Link};
+use self::raw::RawContext;
 use self::state::{Snapshot, StateWord};
-use crate::context::Context;
 use crate::error::Cause;
 use crate::sync::{
     AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Guard, LazyGuard, Ordering, UnsafeCell,
@@ -62,7 +64,7 @@ pub(crate) enum Kind {
     Waiters,
 }
 
-/// Header flag: the root of this node's chain is `Context::todo()`.
+/// Header flag: the root of this node's chain is `todo()` (`RawContext::root(true)`).
 pub(crate) const FLAG_TODO: u8 = 0b01;
 /// Header flag: the node was pushed onto its parent's list.
 pub(crate) const FLAG_LINKED: u8 = 0b10;
@@ -131,7 +133,7 @@ pub(crate) struct DeadlineNode {
 pub(crate) struct MergeNode {
     pub(crate) cancel: CancelNode,
     /// The second parent (`b`), held strongly; taken when the node dies.
-    pub(crate) other: ManuallyDrop<Context>,
+    pub(crate) other: ManuallyDrop<RawContext>,
     /// The entry in `b`'s scope's list, if any.
     pub(crate) forwarder: Option<NonNull<ForwardNode>>,
     /// `min(a.deadline(), b.deadline())`, computed at creation.

@@ -10,6 +10,7 @@
 
 use std::ptr::NonNull;
 
+use super::raw::RawContext;
 use super::{cancel, DeadlineNode, NodeRef};
 use crate::error::Error;
 use crate::sync::Ordering;
@@ -73,8 +74,8 @@ pub(crate) unsafe fn fire(node: NonNull<DeadlineNode>, held: NodeRef) {
 
 /// Fires `ctx`'s own deadline now (the loom and test hook behind
 /// `__private::fire_deadline`). False if `ctx` has no deadline node.
-pub(crate) fn fire_context(ctx: &crate::Context) -> bool {
-    let Some(node) = ctx.node.as_ref() else {
+pub(crate) fn fire_context(ctx: &RawContext) -> bool {
+    let Some(node) = ctx.node() else {
         return false;
     };
     if node.header().kind != super::Kind::Deadline {
