@@ -155,7 +155,7 @@ pub mod __private {
     /// Number of armed timer entries in the global wheel.
     #[cfg(not(loom))]
     pub fn armed_timers() -> usize {
-        crate::timer::armed()
+        crate::node::timer_glue::armed()
     }
 
     /// Pins and flushes the epoch collector a few times so deferred frees
