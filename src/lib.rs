@@ -193,7 +193,7 @@ pub mod __private {
     #[cfg(loom)]
     pub fn loom_flush_after(n: usize) {
         // Relaxed: read by the model's threads, all started after this.
-        crate::node::retention::FLUSH_AFTER.store(n, std::sync::atomic::Ordering::Relaxed);
+        crate::node::claims::retention::FLUSH_AFTER.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Same as [`live_claims`] (older name used by some tests).

@@ -25,13 +25,14 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use super::callback::{self, CallbackNode};
+use super::claims::WalkGuard;
 use super::state::Snapshot;
 use super::wait::{WaitersNode, WakeScope};
 use super::{
-    as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
+    as_cancel, link, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
 };
 use crate::error::{Cause, Error};
-use crate::sync::{LazyGuard, WalkGuard};
+use crate::sync::LazyGuard;
 
 /// Cancels `node` with `err` and `cause` (first cancellation wins) and
 /// returns once the node and every descendant are done.
@@ -109,7 +110,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     };
     if leaf_kind && r.children.is_empty_after_finish() {
         // SAFETY: held by the caller.
-        unsafe { derive::detach(root, &mut LazyGuard::new()) };
+        unsafe { link::detach(root, &mut LazyGuard::new()) };
         return;
     }
     let mut panics = Panics::default();
@@ -203,7 +204,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // SAFETY: the caller holds `root`.
         unsafe { root.as_ref() }.children.mark_complete();
         // SAFETY: the caller holds `root`; merges are pinned.
-        unsafe { derive::detach(root, guard.pin()) };
+        unsafe { link::detach(root, guard.pin()) };
         for m in merges {
             if m == root {
                 continue;
@@ -212,7 +213,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // itself when it died; a live one is held while we detach it.
             if let Some(held) = unsafe { NodeRef::try_acquire(m.cast()) } {
                 // SAFETY: held.
-                unsafe { derive::detach(m, guard.pin()) };
+                unsafe { link::detach(m, guard.pin()) };
                 drop(held);
             }
         }

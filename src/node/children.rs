@@ -30,10 +30,9 @@
 
 use std::ptr::{self, NonNull};
 
+use super::claims::no_walk_in_flight;
 use super::{Header, Unlinked};
-use crate::sync::{
-    no_walk_in_flight, sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering,
-};
+use crate::sync::{sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
 const SEALED: usize = 0b01;

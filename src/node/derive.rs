@@ -1,4 +1,4 @@
-//! Creating child nodes of every kind, and taking them out of their lists.
+//! Creating child nodes of every kind.
 
 use std::any::{Any, TypeId};
 use std::mem::ManuallyDrop;
@@ -9,11 +9,11 @@ use super::children::ChildList;
 use super::raw::RawContext;
 use super::state::Snapshot;
 use super::{
-    cancel, leave_parent, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header,
-    Kind, MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
+    cancel, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
+    MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
 };
 use crate::error::Cause;
-use crate::sync::{LazyGuard, Ordering, UnsafeCell};
+use crate::sync::{Ordering, UnsafeCell};
 
 /// A header for a child of `parent` with `refs` observers.
 fn child_header(parent: &RawContext, kind: Kind, refs: u32) -> Header {
@@ -265,54 +265,4 @@ pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
     // alive.
     unsafe { finish_late(node.cast(), &linked) };
     pair(node.cast(), a)
-}
-
-/// Takes a merge's forwarder out of `b`'s list.
-///
-/// # Safety
-/// The caller holds a claim on `f` and keeps `other` (hence its scope) alive.
-pub(crate) unsafe fn leave_forwarder(
-    f: NonNull<ForwardNode>,
-    other: &RawContext,
-    guard: &mut LazyGuard,
-) {
-    // SAFETY: the caller holds a claim.
-    if unsafe { f.as_ref() }.header.next.mark() {
-        if let Some(scope) = other.scope {
-            // SAFETY: `other` keeps the scope alive; `f` is linked there and
-            // now marked.
-            unsafe {
-                scope
-                    .as_ref()
-                    .children
-                    .remove_marked(f.cast(), guard, false)
-            };
-        }
-    }
-}
-
-/// A done node leaves its lists, once its whole subtree is done
-/// (invariant 9): like Go's `removeChild`, a cancelled child does not stay
-/// in its parent's list until it is dropped.
-///
-/// # Safety
-/// The caller holds a reference to `node`.
-pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
-    // A clean head unlink hands the list's claim back: the node releases it
-    // with its alive claim when it dies (one atomic operation fewer).
-    // SAFETY: held by the caller.
-    if unsafe { leave_parent(node.cast(), guard, true) } {
-        // SAFETY: `leave_parent` returned true for this entry.
-        unsafe { node.as_ref().header.next.set_claim_returned() };
-    }
-    // SAFETY: held by the caller.
-    if unsafe { node.as_ref() }.header.kind == Kind::Merge {
-        // SAFETY: kind checked.
-        let m = unsafe { node.cast::<MergeNode>().as_ref() };
-        if let Some(f) = m.forwarder {
-            // SAFETY: the merge holds its claim on `f` and `other` while
-            // alive.
-            unsafe { leave_forwarder(f, &m.other, guard) };
-        }
-    }
 }
