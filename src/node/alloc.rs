@@ -6,7 +6,7 @@
 
 use std::ptr::NonNull;
 
-use super::claims::{count_claims, drop_claim};
+use super::claims::{count_claims, release_uncounted_claim};
 use super::{cache, callback, wait};
 use super::{CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode};
 use crate::sync::Ordering;
@@ -48,6 +48,19 @@ pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
     node
 }
 
+/// Frees a node nobody else can reach, now, whatever claims it still has
+/// (never published, or never linked and dead).
+///
+/// # Safety
+/// As for [`free`].
+pub(crate) unsafe fn free_unreachable(h: NonNull<Header>) {
+    // SAFETY: valid until freed below.
+    let claims = unsafe { h.as_ref() }.claims.load(Ordering::Relaxed);
+    count_claims(-isize::from(claims as i16));
+    // SAFETY: forwarded.
+    unsafe { free(h) };
+}
+
 /// Frees a node's memory, running the drop glue of its concrete type.
 ///
 /// # Safety
@@ -58,7 +71,7 @@ pub(super) unsafe fn free(h: NonNull<Header>) {
     #[cfg(loom)]
     {
         // SAFETY: valid until now (under loom the memory is never given
-        // back, see `dispose`).
+        // back, see `drop_and_dealloc`).
         let header = unsafe { h.as_ref() };
         header.assert_not_freed();
         header
@@ -68,22 +81,22 @@ pub(super) unsafe fn free(h: NonNull<Header>) {
     // SAFETY: per the contract, the kind names the allocation's type.
     unsafe {
         match h.as_ref().kind {
-            Kind::Cancel => dispose::<CancelNode>(h),
-            Kind::Deadline => dispose::<DeadlineNode>(h),
-            Kind::Merge => dispose::<MergeNode>(h),
-            Kind::Value => dispose::<ValueNode>(h),
-            Kind::Detached => dispose::<Header>(h),
+            Kind::Cancel => drop_and_dealloc::<CancelNode>(h),
+            Kind::Deadline => drop_and_dealloc::<DeadlineNode>(h),
+            Kind::Merge => drop_and_dealloc::<MergeNode>(h),
+            Kind::Value => drop_and_dealloc::<ValueNode>(h),
+            Kind::Detached => drop_and_dealloc::<Header>(h),
             Kind::Forward => {
                 let target = h.cast::<ForwardNode>().as_ref().target;
-                dispose::<ForwardNode>(h);
+                drop_and_dealloc::<ForwardNode>(h);
                 // The forwarder's claim on its merge node (uncounted, see
                 // `derive::merge`): a walker that reached the merge through
                 // the forwarder relied on it, and nobody can reach the
                 // forwarder any more (invariant 5).
-                drop_claim(target.cast());
+                release_uncounted_claim(target.cast());
             }
-            Kind::Callback => dispose::<callback::CallbackNode>(h),
-            Kind::Waiters => dispose::<wait::WaitersNode>(h),
+            Kind::Callback => drop_and_dealloc::<callback::CallbackNode>(h),
+            Kind::Waiters => drop_and_dealloc::<wait::WaitersNode>(h),
         }
     }
 }
@@ -94,7 +107,7 @@ pub(super) unsafe fn free(h: NonNull<Header>) {
 ///
 /// # Safety
 /// As for [`free`]; `T` is the node's type.
-unsafe fn dispose<T>(h: NonNull<Header>) {
+unsafe fn drop_and_dealloc<T>(h: NonNull<Header>) {
     #[cfg(not(loom))]
     if cache::serves::<T>() {
         // SAFETY: allocated by `alloc::<T>` from the block cache (the

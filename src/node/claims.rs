@@ -13,27 +13,18 @@ use super::alloc::free;
 use super::Header;
 use crate::sync::{fence, global_usize, Guard, LazyGuard, Ordering};
 
-/// Releases one memory claim now; the last one frees the node.
+/// Releases `n` memory claims now; the last one frees the node.
 ///
 /// Freeing at once is sound because every claim that a traverser may be
 /// relying on is released only after that traverser unpinned
-/// (`release_claims_later`), so when the count reaches zero nobody can reach
-/// the node (invariant 5).
-///
-/// # Safety
-/// The caller owns one claim on `h` and no traverser relies on it.
-pub(crate) unsafe fn release_claim(h: NonNull<Header>) {
-    // SAFETY: forwarded.
-    unsafe { release_claims(h, 1) };
-}
-
-/// Releases `n` claims at once (see [`release_claim`]).
+/// ([`release_claims_later`]), so when the count reaches zero nobody can
+/// reach the node (invariant 5).
 ///
 /// # Safety
 /// The caller owns `n` claims on `h` and no traverser relies on them.
 pub(crate) unsafe fn release_claims(h: NonNull<Header>, n: u16) {
     count_claims(-isize::from(n as i16));
-    // AcqRel: as in `drop_claim`.
+    // AcqRel: as in `release_uncounted_claim`.
     // SAFETY: we hold claims, so the memory is valid.
     if unsafe { h.as_ref() }.claims.fetch_sub(n, Ordering::AcqRel) == n {
         // SAFETY: no claim is left: nobody can reach the node.
@@ -63,8 +54,8 @@ pub(crate) unsafe fn release_claims_later(nodes: Unlinked, guard: &Guard) {
         guard.defer_unchecked(move || {
             let batch = batch;
             match batch {
-                Batch::One(p) => drop_claim(p.0),
-                Batch::Many(v) => v.into_iter().for_each(|p| drop_claim(p.0)),
+                Batch::One(p) => release_uncounted_claim(p.0),
+                Batch::Many(v) => v.into_iter().for_each(|p| release_uncounted_claim(p.0)),
             }
         })
     };
@@ -179,9 +170,14 @@ impl Batch {
     }
 }
 
+/// Releases one claim that is not counted in [`LIVE_CLAIMS`] (the deferred
+/// half of [`release_claims_later`], which counted it; the forwarder's claim
+/// on its merge node, never counted); the last one frees the node.
+///
 /// # Safety
-/// The caller owns one claim on `h` (already taken off the count).
-pub(super) unsafe fn drop_claim(h: NonNull<Header>) {
+/// The caller owns one claim on `h`, already taken off the count (or never
+/// on it), and no traverser relies on it.
+pub(super) unsafe fn release_uncounted_claim(h: NonNull<Header>) {
     // AcqRel: Release so our accesses happen before the free; Acquire so
     // the freeing thread sees everyone else's.
     // SAFETY: we hold a claim, so the memory is valid.
@@ -217,19 +213,6 @@ pub(crate) fn set_claims(header: &Header, claims: u16) {
     let old = header.claims.load(Ordering::Relaxed);
     header.claims.store(claims, Ordering::Relaxed);
     count_claims(isize::from(claims as i16) - isize::from(old as i16));
-}
-
-/// Frees a node nobody else can reach, now, whatever claims it still has
-/// (never published, or never linked and dead).
-///
-/// # Safety
-/// As for [`free`].
-pub(crate) unsafe fn free_with_claims(h: NonNull<Header>) {
-    // SAFETY: valid until freed below.
-    let claims = unsafe { h.as_ref() }.claims.load(Ordering::Relaxed);
-    count_claims(-isize::from(claims as i16));
-    // SAFETY: forwarded.
-    unsafe { free(h) };
 }
 
 // ---- the walk count (invariant 5) ---------------------------------------

@@ -9,7 +9,7 @@ use super::children::ChildList;
 use super::raw::RawContext;
 use super::state::Snapshot;
 use super::{
-    cancel, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
+    cancel, release_claims, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
     MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
 };
 use crate::error::Cause;
@@ -235,7 +235,7 @@ pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
             // SAFETY: unpublished; we give up its list claim ourselves.
             unsafe { f.as_ref() }.header.next.mark();
             // SAFETY: the list's claim, never used.
-            unsafe { release_claim(f.cast()) };
+            unsafe { release_claims(f.cast(), 1) };
         } else {
             // SAFETY: `b` (held by the node) keeps its scope alive.
             let scope = unsafe { sb.as_ref() };
@@ -245,7 +245,7 @@ pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
                 // SAFETY: as above.
                 unsafe { f.as_ref() }.header.next.mark();
                 // SAFETY: the list's claim, never used.
-                unsafe { release_claim(f.cast()) };
+                unsafe { release_claims(f.cast(), 1) };
                 let word = scope.state.load().borrowed();
                 // SAFETY: we hold the node's references; `b` keeps the
                 // record's owner alive.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::children::{ChildList, Link};
 use super::raw::RawContext;
 use super::state::{Snapshot, StateWord};
-use super::wait;
+use super::{callback, wait};
 use crate::error::Cause;
 use crate::sync::{AtomicPtr, AtomicU16, AtomicU32, AtomicU64, UnsafeCell};
 
@@ -173,6 +173,81 @@ impl CancelNode {
     }
 }
 
+/// A node seen as the type its kind names ([`Header::view`]).
+pub(crate) enum NodeView<'a> {
+    // Matched on, not read yet (the field is there for uniformity).
+    #[allow(dead_code)]
+    Cancel(&'a CancelNode),
+    Deadline(&'a DeadlineNode),
+    Merge(&'a MergeNode),
+    Value(&'a ValueNode),
+    /// `without_cancel`: a bare header.
+    #[allow(dead_code)]
+    Detached(&'a Header),
+    Forward(&'a ForwardNode),
+    Callback(&'a callback::CallbackNode),
+    Waiters(&'a wait::WaitersNode),
+}
+
+impl Header {
+    /// The node `h` points at, as the type its kind names: the typed
+    /// downcast every other module goes through.
+    ///
+    /// # Safety
+    /// `h` points at a node that stays valid for `'a` (the caller holds a
+    /// reference to it or to a descendant, a claim on it, or a pin that
+    /// keeps it).
+    #[inline]
+    pub(crate) unsafe fn view<'a>(h: NonNull<Header>) -> NodeView<'a> {
+        // SAFETY: valid by the contract; `kind` is written before the node
+        // is published, then immutable.
+        let kind = unsafe { h.as_ref() }.kind;
+        // SAFETY: the kind names the type the node was allocated as
+        // (`alloc::<T>`), which starts with this `Header` (`#[repr(C)]`,
+        // first field): each cast is to the allocation's own type, and `h`
+        // keeps the provenance of the whole allocation. Valid for `'a` by
+        // the contract.
+        unsafe {
+            match kind {
+                Kind::Cancel => NodeView::Cancel(h.cast().as_ref()),
+                Kind::Deadline => NodeView::Deadline(h.cast().as_ref()),
+                Kind::Merge => NodeView::Merge(h.cast().as_ref()),
+                Kind::Value => NodeView::Value(h.cast().as_ref()),
+                Kind::Detached => NodeView::Detached(h.as_ref()),
+                Kind::Forward => NodeView::Forward(h.cast().as_ref()),
+                Kind::Callback => NodeView::Callback(h.cast().as_ref()),
+                Kind::Waiters => NodeView::Waiters(h.cast().as_ref()),
+            }
+        }
+    }
+
+    /// `h` as a deadline node, if it is one.
+    ///
+    /// # Safety
+    /// As for [`Header::view`].
+    #[inline]
+    pub(crate) unsafe fn as_deadline<'a>(h: NonNull<Header>) -> Option<&'a DeadlineNode> {
+        // SAFETY: forwarded.
+        match unsafe { Header::view(h) } {
+            NodeView::Deadline(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// `h` as a merge node, if it is one.
+    ///
+    /// # Safety
+    /// As for [`Header::view`].
+    #[inline]
+    pub(crate) unsafe fn as_merge<'a>(h: NonNull<Header>) -> Option<&'a MergeNode> {
+        // SAFETY: forwarded.
+        match unsafe { Header::view(h) } {
+            NodeView::Merge(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
 /// Views a header as the cancel node it starts, if it is one.
 #[inline]
 pub(crate) fn as_cancel(h: NonNull<Header>) -> Option<NonNull<CancelNode>> {
@@ -188,11 +263,10 @@ pub(crate) fn as_cancel(h: NonNull<Header>) -> Option<NonNull<CancelNode>> {
 /// and whose list a child registers in.
 #[inline]
 pub(crate) fn scope_of(h: NonNull<Header>) -> Option<NonNull<CancelNode>> {
-    // SAFETY: the caller holds the node; kinds are immutable.
-    match unsafe { h.as_ref() }.kind {
-        Kind::Cancel | Kind::Deadline | Kind::Merge => Some(h.cast()),
-        // SAFETY: the kind says this is a `ValueNode`.
-        Kind::Value => unsafe { h.cast::<ValueNode>().as_ref() }.scope,
+    // SAFETY: the caller holds the node.
+    match unsafe { Header::view(h) } {
+        NodeView::Cancel(_) | NodeView::Deadline(_) | NodeView::Merge(_) => Some(h.cast()),
+        NodeView::Value(v) => v.scope,
         _ => None,
     }
 }

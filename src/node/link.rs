@@ -4,36 +4,37 @@
 
 use std::ptr::NonNull;
 
+use super::children::{HeadClaim, ListClaim};
 use super::raw::RawContext;
-use super::{scope_of, CancelNode, ForwardNode, Header, Kind, MergeNode, FLAG_LINKED};
+use super::{scope_of, CancelNode, ForwardNode, Header, FLAG_LINKED};
 use crate::sync::LazyGuard;
 
 /// Marks `h`'s link in its parent's scope list and unlinks it if cheap
 /// (invariant 6). No-op if it was never linked or is already marked.
 ///
-/// With `keep_claim`, returns true if the list's claim on `h` is handed
-/// back to the caller instead of being released (unlinked at the head with
-/// no sweep running): a dying node then releases both of its claims with
-/// one operation.
+/// With [`HeadClaim::HandBack`], returns [`ListClaim::HandedBack`] if the
+/// list's claim on `h` is handed back to the caller instead of being
+/// released (unlinked at the head with no sweep running): a dying node then
+/// releases both of its claims with one operation.
 ///
 /// # Safety
 /// The caller holds `h`'s parent (directly or through `h`'s reference).
 pub(crate) unsafe fn leave_parent(
     h: NonNull<Header>,
     guard: &mut LazyGuard,
-    keep_claim: bool,
-) -> bool {
+    head_claim: HeadClaim,
+) -> ListClaim {
     // SAFETY: the caller keeps `h` valid.
     let header = unsafe { h.as_ref() };
     if header.flags & FLAG_LINKED == 0 || !header.next.mark() {
-        return false;
+        return ListClaim::NotOurs;
     }
     let owner = header.parent.and_then(scope_of);
     match owner {
         // SAFETY: the parent (hence its scope) is held by the caller; `h`
         // is linked there and now marked.
-        Some(owner) => unsafe { owner.as_ref().children.remove_marked(h, guard, keep_claim) },
-        None => false,
+        Some(owner) => unsafe { owner.as_ref().children.remove_marked(h, guard, head_claim) },
+        None => ListClaim::NotOurs,
     }
 }
 
@@ -50,12 +51,12 @@ pub(crate) unsafe fn leave_forwarder(
     if unsafe { f.as_ref() }.header.next.mark() {
         if let Some(scope) = other.scope {
             // SAFETY: `other` keeps the scope alive; `f` is linked there and
-            // now marked.
-            unsafe {
+            // now marked. `Release`: nothing comes back.
+            let _ = unsafe {
                 scope
                     .as_ref()
                     .children
-                    .remove_marked(f.cast(), guard, false)
+                    .remove_marked(f.cast(), guard, HeadClaim::Release)
             };
         }
     }
@@ -71,14 +72,13 @@ pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
     // A clean head unlink hands the list's claim back: the node releases it
     // with its alive claim when it dies (one atomic operation fewer).
     // SAFETY: held by the caller.
-    if unsafe { leave_parent(node.cast(), guard, true) } {
-        // SAFETY: `leave_parent` returned true for this entry.
+    let list_claim = unsafe { leave_parent(node.cast(), guard, HeadClaim::HandBack) };
+    if list_claim == ListClaim::HandedBack {
+        // SAFETY: `leave_parent` handed the list's claim back for this entry.
         unsafe { node.as_ref().header.next.set_claim_returned() };
     }
     // SAFETY: held by the caller.
-    if unsafe { node.as_ref() }.header.kind == Kind::Merge {
-        // SAFETY: kind checked.
-        let m = unsafe { node.cast::<MergeNode>().as_ref() };
+    if let Some(m) = unsafe { Header::as_merge(node.cast()) } {
         if let Some(f) = m.forwarder {
             // SAFETY: the merge holds its claim on `f` and `other` while
             // alive.

@@ -38,14 +38,12 @@ pub(crate) mod timer_glue;
 pub(crate) mod values;
 pub(crate) mod wait;
 
-pub(crate) use self::alloc::alloc;
 #[cfg(any(loom, debug_assertions))]
 pub(crate) use self::alloc::ALLOCATED_NODES;
+pub(crate) use self::alloc::{alloc, free_unreachable};
 #[cfg(any(loom, debug_assertions))]
 pub(crate) use self::claims::LIVE_CLAIMS;
-pub(crate) use self::claims::{
-    free_with_claims, release_claim, release_claims_later, set_claims, Unlinked,
-};
+pub(crate) use self::claims::{release_claims, release_claims_later, set_claims, Unlinked};
 pub(crate) use self::header::CANCEL_NODE_SIZE;
 pub(crate) use self::header::{
     as_cancel, scope_of, CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode,

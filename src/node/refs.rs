@@ -10,9 +10,11 @@
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
-use super::claims::{free_with_claims, release_claim, release_claims};
+use super::alloc::free_unreachable;
+use super::children::{HeadClaim, ListClaim};
+use super::claims::release_claims;
 use super::link::{leave_forwarder, leave_parent};
-use super::{timer_glue, CancelNode, DeadlineNode, Header, Kind, MergeNode};
+use super::{timer_glue, CancelNode, Header, Kind};
 use crate::sync::{LazyGuard, Ordering};
 
 /// A counted reference to a node's observers (`refs`).
@@ -102,33 +104,24 @@ impl Clone for NodeRef {
 impl Drop for NodeRef {
     #[inline]
     fn drop(&mut self) {
+        // Releases our reference; when it was the last, the node dies, and
+        // so on up the chain (see [`die_chain`]).
         // SAFETY: we own one counted reference.
-        unsafe { release(self.0) }
+        if unsafe { dec_ref(self.0) } {
+            // SAFETY: we took the count to zero.
+            unsafe { die_chain(self.0) };
+        }
     }
 }
 
-/// Releases one observer reference; when it was the last, the node dies,
-/// and so on up the chain (see [`release_last`]).
+/// Decrements `refs`; true if this was the last reference.
 ///
 /// # Safety
 /// The caller owns one counted reference to `h`.
 #[inline]
-pub(crate) unsafe fn release(h: NonNull<Header>) {
-    // SAFETY: forwarded.
-    if unsafe { drop_ref(h) } {
-        // SAFETY: we took the count to zero.
-        unsafe { release_last(h) };
-    }
-}
-
-/// Drops one reference; true if it was the last.
-///
-/// # Safety
-/// The caller owns one counted reference to `h`.
-#[inline]
-unsafe fn drop_ref(h: NonNull<Header>) -> bool {
+unsafe fn dec_ref(h: NonNull<Header>) -> bool {
     // Release: our uses of the node happen before its death. The thread
-    // that sees zero acquires in `release_last`.
+    // that sees zero acquires in `die_chain`.
     // SAFETY: we own a reference, so the node is alive.
     unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) == 1
 }
@@ -140,7 +133,7 @@ unsafe fn drop_ref(h: NonNull<Header>) -> bool {
 /// # Safety
 /// `refs` of `h` just reached zero on this thread.
 #[inline(never)]
-unsafe fn release_last(h: NonNull<Header>) {
+unsafe fn die_chain(h: NonNull<Header>) {
     let mut guard = LazyGuard::new();
     // Only merges release two parents; the stack stays empty otherwise.
     let mut pending: Vec<NonNull<Header>> = Vec::new();
@@ -156,9 +149,9 @@ unsafe fn release_last(h: NonNull<Header>) {
         // dies exactly once (invariant 8).
         let [first, second] = unsafe { die(h, &mut guard) };
         // SAFETY: the dead node held one reference to each parent.
-        next = first.filter(|&p| unsafe { drop_ref(p) });
+        next = first.filter(|&p| unsafe { dec_ref(p) });
         // SAFETY: as above.
-        pending.extend(second.filter(|&p| unsafe { drop_ref(p) }));
+        pending.extend(second.filter(|&p| unsafe { dec_ref(p) }));
     }
 }
 
@@ -177,7 +170,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             // Never in a list and unknown to the timer: nobody else can reach
             // it, so free it now (this drops the value promptly).
             // SAFETY: the last reference is gone and no list links it.
-            unsafe { free_with_claims(h) };
+            unsafe { free_unreachable(h) };
             [parent, None]
         }
         Kind::Cancel | Kind::Deadline | Kind::Merge => {
@@ -185,17 +178,15 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             // SAFETY: kind checked.
             let c = unsafe { node.as_ref() };
             let mut other = None;
-            if header.kind == Kind::Deadline {
-                // SAFETY: kind checked.
-                let d = unsafe { node.cast::<DeadlineNode>().as_ref() };
+            // SAFETY: alive until we release the alive claim.
+            if let Some(d) = unsafe { Header::as_deadline(h) } {
                 timer_glue::disarm(d);
                 // SAFETY: dead: no handle can read the cause any more and a
                 // timer that fired held a reference (invariant 8).
                 drop(d.cause.with_mut(|c| unsafe { (*c).take() }));
             }
-            if header.kind == Kind::Merge {
-                // SAFETY: kind checked; dead, so `other` is ours to take.
-                let m = unsafe { node.cast::<MergeNode>().as_ref() };
+            // SAFETY: alive, as above; dead, so `other` is ours to take.
+            if let Some(m) = unsafe { Header::as_merge(h) } {
                 if let Some(f) = m.forwarder {
                     // SAFETY: we hold the owner claim on the forwarder and
                     // `other` (which keeps its list's owner alive) is still
@@ -204,7 +195,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
                     // SAFETY: the merge node's claim on its forwarder; any
                     // traverser that may still see it holds the list's claim
                     // or was deferred behind (invariant 5).
-                    unsafe { release_claim(f.cast()) };
+                    unsafe { release_claims(f.cast(), 1) };
                 }
                 // SAFETY: taken exactly once, at death.
                 let ctx = unsafe { std::ptr::read(&*m.other) };
@@ -216,7 +207,7 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             // SAFETY: last use of the owned record.
             unsafe { c.state.load().free_if_owned() };
             // SAFETY: our parent reference is still held.
-            let list_claim_free = unsafe { leave_parent(h, guard, true) };
+            let list_claim = unsafe { leave_parent(h, guard, HeadClaim::HandBack) };
             // The waiter entry is the one entry that does not hold a
             // reference to us: retire it with us.
             let waiters = NonNull::new(c.waiters.load(Ordering::Acquire));
@@ -230,13 +221,13 @@ unsafe fn die(h: NonNull<Header>, guard: &mut LazyGuard) -> [Option<NonNull<Head
             unsafe { c.children.drain(guard) };
             if let Some(w) = waiters {
                 // SAFETY: the owner's claim on its waiter entry.
-                unsafe { release_claim(w.cast()) };
+                unsafe { release_claims(w.cast(), 1) };
             }
             // The alive claim, and the list's when it was handed back to us
             // (by `leave_parent` now, or by the detach after a cancel). A
             // traverser that can still see us keeps the list's claim, or its
             // release was deferred behind it (invariant 5).
-            let ours = if list_claim_free || header.next.claim_returned() {
+            let ours = if list_claim == ListClaim::HandedBack || header.next.claim_returned() {
                 2
             } else {
                 1
