@@ -78,7 +78,7 @@ impl RawContext {
         self.node.as_ref().and_then(|n| values::value_head(n.ptr()))
     }
 
-    /// Gives up the node reference without releasing it (see `node::die`).
+    /// Gives up the node reference without releasing it (see `refs::die`).
     pub(super) fn into_node_ptr(self) -> Option<NonNull<Header>> {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again.
