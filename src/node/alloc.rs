@@ -1,6 +1,6 @@
 //! Allocating and freeing node memory.
 //!
-//! Every node kind is allocated by [`alloc`] and freed by [`free`], once
+//! Every node kind is allocated by [`alloc`](fn@alloc) and freed by [`free`], once
 //! its last claim is gone (`claims`). 64-byte nodes come from the thread's
 //! block cache (`cache`).
 
@@ -64,7 +64,7 @@ pub(crate) unsafe fn free_unreachable(h: NonNull<Header>) {
 /// Frees a node's memory, running the drop glue of its concrete type.
 ///
 /// # Safety
-/// Nobody can reach `h` any more, and `h` came from [`alloc`] of the type
+/// Nobody can reach `h` any more, and `h` came from [`alloc`](fn@alloc) of the type
 /// its kind names.
 pub(super) unsafe fn free(h: NonNull<Header>) {
     count_allocated(-1);

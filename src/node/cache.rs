@@ -109,7 +109,7 @@ pub(crate) fn alloc() -> NonNull<u8> {
 /// Gives a block back: kept by this thread if its cache has room.
 ///
 /// # Safety
-/// `p` was returned by [`alloc`], its contents are dropped, and nobody
+/// `p` was returned by [`alloc`](fn@alloc), its contents are dropped, and nobody
 /// refers to it any more.
 #[inline]
 pub(crate) unsafe fn free(p: NonNull<u8>) {

@@ -6,10 +6,10 @@
 //! - [`refs`]: observer references (`refs`) and death;
 //! - [`claims`]: memory claims and reclamation through the epoch, and the
 //!   walk count (invariant 5);
-//! - [`alloc`]: allocating and freeing node memory (and [`cache`], the
+//! - [`alloc`](mod@alloc): allocating and freeing node memory (and [`cache`], the
 //!   per-thread block cache);
 //! - [`state`]: the state word; [`children`]: the children list;
-//! - [`derive`]: creating children; [`link`]: leaving lists;
+//! - [`derive`](mod@derive): creating children; [`link`]: leaving lists;
 //!   [`cancel`]: the cancellation walk; [`callback`]: `after_func` entries;
 //!   [`values`]: values, deadlines and the Debug text; [`wait`]: waiting;
 //!   [`timer_glue`]: deadline nodes and the timer;

@@ -5,7 +5,7 @@
 //! two. The wheel lives behind the timer's mutex; the node keeps the id of
 //! its entry in `DeadlineNode::timer`, written only under that lock. The
 //! timer thread pops an entry and acquires the node (`try_acquire`, in
-//! [`Armed::expired`]) while still holding the lock, and a dying node
+//! `Armed::expired`) while still holding the lock, and a dying node
 //! disarms under the same lock before its memory can be freed, so the timer
 //! never touches a freed node (invariant 10). Under loom there is no timer
 //! thread: models call [`fire`] from a loom thread.
