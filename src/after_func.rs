@@ -33,7 +33,7 @@ unsafe impl Sync for AfterFunc {}
 impl AfterFunc {
     pub(crate) fn register(ctx: &Context, f: Box<dyn FnOnce() + Send + 'static>) -> AfterFunc {
         AfterFunc {
-            entry: callback::register(ctx.scope, f),
+            entry: callback::register(ctx.raw().scope_ptr(), f),
         }
     }
 

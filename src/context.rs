@@ -4,16 +4,14 @@ use std::any::Any;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::ptr::NonNull;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::after_func::AfterFunc;
+use crate::done::Done;
 use crate::error::{into_cause, Cause, Error};
 use crate::handle::CancelHandle;
-use crate::node::values::{self, value_head};
-use crate::node::wait::{self, Done};
-use crate::node::{derive, scope_of, CancelNode, Header, NodeRef};
+use crate::node::raw::RawContext;
 
 /// A handle to one node of the context tree: cancellation, a deadline, a
 /// cause and request-scoped values, shared across threads and async tasks.
@@ -38,44 +36,20 @@ use crate::node::{derive, scope_of, CancelNode, Header, NodeRef};
 /// assert_eq!(ctx.err(), Err(Error::Canceled));
 /// ```
 pub struct Context {
-    pub(crate) node: Option<NodeRef>,
-    /// The nearest cancellable ancestor-or-self of `node`, cached so
-    /// `is_done` is one load of its state word. Kept alive by `node`.
-    pub(crate) scope: Option<NonNull<CancelNode>>,
-    /// For roots: `todo()` rather than `background()`.
-    pub(crate) todo: bool,
+    /// The node layer's handle; every method delegates to it.
+    raw: RawContext,
 }
 
-// SAFETY: `scope` points at `node` or one of its ancestors, which `node`
-// keeps alive; nodes are `Send + Sync` (see `node::Header`).
-unsafe impl Send for Context {}
-// SAFETY: as above.
-unsafe impl Sync for Context {}
-
 impl Context {
-    pub(crate) fn from_node(node: NodeRef, todo: bool) -> Context {
-        let scope = scope_of(node.ptr());
-        Context {
-            node: Some(node),
-            scope,
-            todo,
-        }
+    #[inline]
+    fn from_raw(raw: RawContext) -> Context {
+        Context { raw }
     }
 
-    pub(crate) fn scope_ref(&self) -> Option<&CancelNode> {
-        // SAFETY: kept alive by `self.node`.
-        self.scope.map(|s| unsafe { &*s.as_ptr() })
-    }
-
-    pub(crate) fn value_head(&self) -> Option<NonNull<Header>> {
-        self.node.as_ref().and_then(|n| value_head(n.ptr()))
-    }
-
-    /// Gives up the node reference without releasing it (see `node::die`).
-    pub(crate) fn into_node_ptr(self) -> Option<NonNull<Header>> {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again.
-        unsafe { std::ptr::read(&this.node) }.map(NodeRef::into_raw)
+    /// The node layer's handle (for the crate's other public handles).
+    #[inline]
+    pub(crate) fn raw(&self) -> &RawContext {
+        &self.raw
     }
 
     // ---- roots ------------------------------------------------------
@@ -92,11 +66,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn background() -> Context {
-        Context {
-            node: None,
-            scope: None,
-            todo: false,
-        }
+        Context::from_raw(RawContext::root(false))
     }
 
     /// Like [`background`](Context::background), for code that does not
@@ -109,11 +79,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn todo() -> Context {
-        Context {
-            node: None,
-            scope: None,
-            todo: true,
-        }
+        Context::from_raw(RawContext::root(true))
     }
 
     // ---- derivation -------------------------------------------------
@@ -132,8 +98,8 @@ impl Context {
     /// assert!(!parent.is_done());
     /// ```
     pub fn with_cancel(&self) -> (Context, CancelHandle) {
-        let (ctx, node) = derive::with_cancel(self);
-        (ctx, CancelHandle::new(node))
+        let (raw, node) = self.raw.with_cancel();
+        (Context::from_raw(raw), CancelHandle::new(node))
     }
 
     /// A child that is done at `deadline` at the latest
@@ -211,8 +177,8 @@ impl Context {
     ) -> (Context, CancelHandle) {
         match deadline {
             Some(d) if self.deadline().is_none_or(|parent| d < parent) => {
-                let (ctx, node) = derive::with_deadline(self, d, cause);
-                (ctx, CancelHandle::new(node))
+                let (raw, node) = self.raw.with_deadline(d, cause);
+                (Context::from_raw(raw), CancelHandle::new(node))
             }
             // Unrepresentable, or no earlier than the parent's: Go's rule is
             // a plain cancellable child.
@@ -231,7 +197,7 @@ impl Context {
     /// assert_eq!(ctx.value::<User>().map(|u| u.0), Some("ada"));
     /// ```
     pub fn with_value<T: Any + Send + Sync>(&self, value: T) -> Context {
-        derive::with_value(self, value)
+        Context::from_raw(self.raw.with_value(value))
     }
 
     /// A child that keeps this context's values and nothing else: never
@@ -247,7 +213,7 @@ impl Context {
     /// assert_eq!(detached.value::<u8>(), Some(&5));
     /// ```
     pub fn without_cancel(&self) -> Context {
-        derive::without_cancel(self)
+        Context::from_raw(self.raw.without_cancel())
     }
 
     /// A context done as soon as either `self` or `other` is (with the err
@@ -267,8 +233,8 @@ impl Context {
     /// assert!(both.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> (Context, CancelHandle) {
-        let (ctx, node) = derive::merge(self, other);
-        (ctx, CancelHandle::new(node))
+        let (raw, node) = self.raw.merge(&other.raw);
+        (Context::from_raw(raw), CancelHandle::new(node))
     }
 
     /// Runs `f` once, after this context is done, unless
@@ -308,11 +274,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn is_done(&self) -> bool {
-        match self.scope {
-            // SAFETY: kept alive by `self.node`.
-            Some(scope) => unsafe { scope.as_ref() }.state.load().is_done(),
-            None => false,
-        }
+        self.raw.is_done()
     }
 
     /// `Ok(())` while not done; then why it is done. Consistent with
@@ -330,11 +292,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn err(&self) -> Result<(), Error> {
-        match self.scope {
-            // SAFETY: kept alive by `self.node`.
-            Some(scope) => unsafe { scope.as_ref() }.state.load().err(),
-            None => Ok(()),
-        }
+        self.raw.err()
     }
 
     /// `None` while not done; then the cause given to
@@ -352,10 +310,7 @@ impl Context {
     /// assert_eq!(cause.downcast_ref::<Error>(), Some(&Error::Canceled));
     /// ```
     pub fn cause(&self) -> Option<Cause> {
-        let scope = self.scope?;
-        // SAFETY: kept alive by `self.node`, and so is the owner of any
-        // record the word borrows (invariant 2).
-        unsafe { scope.as_ref().state.load().cause() }
+        self.raw.cause()
     }
 
     /// The deadline in force, if any.
@@ -366,8 +321,7 @@ impl Context {
     /// assert_eq!(ctxtree::Context::background().deadline(), None);
     /// ```
     pub fn deadline(&self) -> Option<Instant> {
-        // SAFETY: `self.node` is held.
-        unsafe { values::deadline(self.node.as_ref().map(NodeRef::ptr)) }
+        self.raw.deadline()
     }
 
     /// The nearest value of type `T` in this context or its ancestors.
@@ -384,8 +338,7 @@ impl Context {
     /// assert_eq!(ctx.value::<String>(), None);
     /// ```
     pub fn value<T: Any + Send + Sync>(&self) -> Option<&T> {
-        // SAFETY: `self` holds the chain for the returned borrow.
-        unsafe { values::lookup::<T>(self.value_head()) }
+        self.raw.value::<T>()
     }
 
     // ---- waiting ----------------------------------------------------
@@ -420,7 +373,7 @@ impl Context {
     /// ```
     pub fn wait(&self) -> Error {
         loop {
-            if let Some(err) = wait::wait_until(self, None) {
+            if let Some(err) = self.raw.wait_until(None) {
                 return err;
             }
         }
@@ -437,7 +390,7 @@ impl Context {
     /// assert_eq!(ctx.wait_timeout(Duration::from_millis(1)), None);
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Error> {
-        wait::wait_until(self, Instant::now().checked_add(timeout))
+        self.raw.wait_until(Instant::now().checked_add(timeout))
     }
 
     /// Blocks until the context is done (`Some(err)`) or `deadline` passes
@@ -449,7 +402,7 @@ impl Context {
     /// assert_eq!(ctx.wait_deadline(Instant::now()), None);
     /// ```
     pub fn wait_deadline(&self, deadline: Instant) -> Option<Error> {
-        wait::wait_until(self, Some(deadline))
+        self.raw.wait_until(Some(deadline))
     }
 
     /// Runs `fut` until it completes (`Ok`) or the context is done (`Err`).
@@ -540,11 +493,7 @@ impl Context {
 impl Clone for Context {
     #[inline]
     fn clone(&self) -> Self {
-        Context {
-            node: self.node.clone(),
-            scope: self.scope,
-            todo: self.todo,
-        }
+        Context::from_raw(self.raw.clone())
     }
 }
 
@@ -558,7 +507,6 @@ impl Default for Context {
 impl fmt::Debug for Context {
     /// Go's `String()`: `context.Background.WithValue(my_app::RequestId).WithCancel`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // SAFETY: `self.node` is held.
-        unsafe { values::describe(f, self.node.as_ref().map(NodeRef::ptr), self.todo) }
+        fmt::Debug::fmt(&self.raw, f)
     }
 }

@@ -114,6 +114,7 @@
 
 mod after_func;
 mod context;
+mod done;
 mod error;
 mod handle;
 mod node;
@@ -134,9 +135,9 @@ pub mod integrations;
 
 pub use crate::after_func::AfterFunc;
 pub use crate::context::Context;
+pub use crate::done::Done;
 pub use crate::error::{Cause, Error};
 pub use crate::handle::{CancelGuard, CancelHandle};
-pub use crate::node::wait::Done;
 
 /// Internal hooks for the crate's own loom models, tests and benchmarks.
 /// Not part of the API: no stability promise.
@@ -148,13 +149,13 @@ pub mod __private {
     /// call this from a loom thread). Returns false if `ctx` is not a
     /// deadline context or already dead.
     pub fn fire_deadline(ctx: &Context) -> bool {
-        crate::node::timer_glue::fire_context(ctx)
+        crate::node::timer_glue::fire_context(ctx.raw())
     }
 
     /// Number of armed timer entries in the global wheel.
     #[cfg(not(loom))]
     pub fn armed_timers() -> usize {
-        crate::timer::armed()
+        crate::node::timer_glue::armed()
     }
 
     /// Pins and flushes the epoch collector a few times so deferred frees
@@ -192,7 +193,7 @@ pub mod __private {
     #[cfg(loom)]
     pub fn loom_flush_after(n: usize) {
         // Relaxed: read by the model's threads, all started after this.
-        crate::node::retention::FLUSH_AFTER.store(n, std::sync::atomic::Ordering::Relaxed);
+        crate::node::claims::retention::FLUSH_AFTER.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Same as [`live_claims`] (older name used by some tests).

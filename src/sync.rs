@@ -9,10 +9,14 @@
 //! types with no wrapper cost.
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+};
 
 pub(crate) use std::sync::atomic::Ordering;
 
@@ -68,79 +72,30 @@ pub(crate) fn pin() -> Guard {
     HANDLE.with(|handle| handle.pin())
 }
 
-/// Cancellation walks in flight: counted from just before a walk's first
-/// list traversal to its end, so that a dying node can tell that no walker
-/// can be inside its sealed list (see `ChildList::drain`).
-#[cfg(not(loom))]
-fn walks() -> &'static std::sync::atomic::AtomicUsize {
-    static WALKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    &WALKS
-}
-
-#[cfg(loom)]
-fn walks() -> &'static loom::sync::atomic::AtomicUsize {
-    loom::lazy_static! {
-        static ref WALKS: loom::sync::atomic::AtomicUsize = loom::sync::atomic::AtomicUsize::new(0);
-    }
-    &WALKS
-}
-
-/// The pin of a cancellation walk, taken lazily, which also counts the walk
-/// in `walks()` while it lasts.
-pub(crate) struct WalkGuard {
-    pin: LazyGuard,
-    counted: bool,
-}
-
-impl WalkGuard {
-    pub(crate) fn new() -> Self {
-        WalkGuard {
-            pin: LazyGuard::new(),
-            counted: false,
+/// Declares `fn $name() -> &'static AtomicUsize`, a process-wide counter
+/// of the core (the walk count, `node::claims`): a plain `static` outside
+/// loom; under loom, whose atomics cannot be `static`, one per model
+/// execution (`loom::lazy_static!`).
+macro_rules! global_usize {
+    ($(#[$attr:meta])* fn $name:ident) => {
+        $(#[$attr])*
+        #[cfg(not(loom))]
+        fn $name() -> &'static $crate::sync::AtomicUsize {
+            static COUNT: $crate::sync::AtomicUsize = $crate::sync::AtomicUsize::new(0);
+            &COUNT
         }
-    }
 
-    /// Pins and counts the walk (once), before it traverses a list.
-    ///
-    /// The walker's half of a store-buffering handshake with
-    /// [`no_walk_in_flight`]: SeqCst increment, then a SeqCst fence before
-    /// any list load. Either the dying thread's load sees the increment, or
-    /// every list load of this walk sees the mark the dying node set on
-    /// itself before its fence, so the walk never enters its list.
-    pub(crate) fn traverse(&mut self) -> &Guard {
-        if !self.counted {
-            self.counted = true;
-            walks().fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
+        $(#[$attr])*
+        #[cfg(loom)]
+        fn $name() -> &'static $crate::sync::AtomicUsize {
+            loom::lazy_static! {
+                static ref COUNT: $crate::sync::AtomicUsize = $crate::sync::AtomicUsize::new(0);
+            }
+            &COUNT
         }
-        self.pin.get()
-    }
-
-    /// The pin alone, for removals (sweeps announce themselves on the list).
-    pub(crate) fn pin(&mut self) -> &mut LazyGuard {
-        &mut self.pin
-    }
+    };
 }
-
-impl Drop for WalkGuard {
-    fn drop(&mut self) {
-        if self.counted {
-            // Release: every access of the walk happens before a dying
-            // thread's Acquire load that reads the count back at zero.
-            walks().fetch_sub(1, Ordering::Release);
-        }
-    }
-}
-
-/// True if no cancellation walk is in flight, for a dying node that has
-/// marked itself in its parent's list (see [`WalkGuard::traverse`]). A walk
-/// that starts later cannot enter the node's list: it sees the mark.
-pub(crate) fn no_walk_in_flight() -> bool {
-    fence(Ordering::SeqCst);
-    // Acquire (via SeqCst): reading zero synchronises with every walk's
-    // Release decrement (a release sequence of read-modify-writes).
-    walks().load(Ordering::SeqCst) == 0
-}
+pub(crate) use global_usize;
 
 /// An epoch pin taken on first use: paths that usually need no pin (a
 /// derive-then-drop, a cancel with no children) never pay for one.

@@ -12,12 +12,12 @@
 //! Only blocks with exactly the layout of [`CancelNode`] go through the
 //! cache (cancellable nodes and anything else of that size and alignment);
 //! other node kinds use the global allocator directly. Under loom the cache
-//! is not used (nodes are never given back there, see `node::dispose`).
+//! is not used (nodes are never given back there, see `node::alloc::drop_and_dealloc`).
 //! Nor under `--cfg ctxtree_sanitize` (`.ci/asan.sh`): a block parked here
 //! and handed out again would hide a use-after-free from AddressSanitizer,
 //! which only sees frees that reach the allocator.
 
-// Under loom `dispose` keeps every node, so nothing is given back here.
+// Under loom `drop_and_dealloc` keeps every node, so nothing is given back here.
 #![cfg_attr(loom, allow(dead_code))]
 
 use std::alloc::{self, Layout};
@@ -109,7 +109,7 @@ pub(crate) fn alloc() -> NonNull<u8> {
 /// Gives a block back: kept by this thread if its cache has room.
 ///
 /// # Safety
-/// `p` was returned by [`alloc`], its contents are dropped, and nobody
+/// `p` was returned by [`alloc`](fn@alloc), its contents are dropped, and nobody
 /// refers to it any more.
 #[inline]
 pub(crate) unsafe fn free(p: NonNull<u8>) {

@@ -12,7 +12,8 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use super::{release_claim, CancelNode, Header, Kind, NodeRef, FLAG_LINKED};
+use super::children::HeadClaim;
+use super::{release_claims, CancelNode, Header, Kind, NodeRef, FLAG_LINKED};
 use crate::sync::{AtomicU8, LazyGuard, Ordering, UnsafeCell};
 
 const PENDING: u8 = 0;
@@ -99,7 +100,7 @@ pub(crate) fn register(
     // SAFETY: unpublished, so the entry and `f` are ours.
     let f = unsafe { (*node.as_ptr()).f.with_mut(|f| (*f).take()) };
     // SAFETY: never published: nobody else can reach it.
-    unsafe { super::free_with_claims(node.cast()) };
+    unsafe { super::free_unreachable(node.cast()) };
     if let Some(f) = f {
         f();
     }
@@ -178,7 +179,7 @@ pub(crate) unsafe fn release_handle(cb: NonNull<CallbackNode>) {
     }
     // SAFETY: the handle's claim; a traverser relies on the list's claim,
     // not on this one (invariant 5).
-    unsafe { release_claim(cb.cast()) };
+    unsafe { release_claims(cb.cast(), 1) };
 }
 
 /// Marks the entry and takes it out of its owner's list (if linked).
@@ -187,12 +188,12 @@ fn leave_owner(c: &CallbackNode) {
         if c.header.next.mark() {
             // SAFETY: the pending entry (whose reference the caller has not
             // released yet) holds the owner, so the list is alive; the entry
-            // is linked there and now marked.
-            unsafe {
+            // is linked there and now marked. `Release`: nothing comes back.
+            let _ = unsafe {
                 owner.as_ref().children.remove_marked(
                     NonNull::from(&c.header),
                     &mut LazyGuard::new(),
-                    false,
+                    HeadClaim::Release,
                 )
             };
         }

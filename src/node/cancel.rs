@@ -25,13 +25,13 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use super::callback::{self, CallbackNode};
+use super::claims::WalkGuard;
+use super::header::NodeView;
 use super::state::Snapshot;
-use super::wait::{WaitersNode, WakeScope};
-use super::{
-    as_cancel, derive, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind, NodeRef,
-};
+use super::wait::WakeScope;
+use super::{as_cancel, link, timer_glue, CancelNode, Header, Kind, NodeRef};
 use crate::error::{Cause, Error};
-use crate::sync::{LazyGuard, WalkGuard};
+use crate::sync::LazyGuard;
 
 /// Cancels `node` with `err` and `cause` (first cancellation wins) and
 /// returns once the node and every descendant are done.
@@ -98,18 +98,18 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
     // sees the state done, see `ChildList::push`).
     // SAFETY: the caller holds `root`.
     let r = unsafe { root.as_ref() };
-    let leaf_kind = match r.header.kind {
-        Kind::Cancel => true,
-        Kind::Deadline => {
-            // SAFETY: kind checked.
-            timer_glue::disarm(unsafe { root.cast::<DeadlineNode>().as_ref() });
+    // SAFETY: held by the caller.
+    let leaf_kind = match unsafe { Header::view(root.cast()) } {
+        NodeView::Cancel(_) => true,
+        NodeView::Deadline(d) => {
+            timer_glue::disarm(d);
             true
         }
         _ => false,
     };
     if leaf_kind && r.children.is_empty_after_finish() {
         // SAFETY: held by the caller.
-        unsafe { derive::detach(root, &mut LazyGuard::new()) };
+        unsafe { link::detach(root, &mut LazyGuard::new()) };
         return;
     }
     let mut panics = Panics::default();
@@ -132,9 +132,9 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // we traversed pinned and counted (invariant 5).
             // SAFETY: valid as just said.
             let c = unsafe { node.as_ref() };
-            if c.header.kind == Kind::Deadline {
-                // SAFETY: kind checked.
-                timer_glue::disarm(unsafe { node.cast::<DeadlineNode>().as_ref() });
+            // SAFETY: valid, as above.
+            if let Some(d) = unsafe { Header::as_deadline(node.cast()) } {
+                timer_glue::disarm(d);
             }
             // Made done (by us or by whoever we help) with a SeqCst
             // compare-exchange: an empty list needs no seal (see
@@ -175,25 +175,25 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // end of the walk (see `Sealed::for_each`).
             unsafe {
                 sealed.for_each(pinned, |entry: NonNull<Header>| {
-                    match entry.as_ref().kind {
-                        Kind::Cancel | Kind::Deadline | Kind::Merge => {
+                    match Header::view(entry) {
+                        NodeView::Cancel(_) | NodeView::Deadline(_) | NodeView::Merge(_) => {
                             if let Some(child) = as_cancel(entry) {
                                 visit(child);
                             }
                         }
-                        Kind::Forward => visit(entry.cast::<ForwardNode>().as_ref().target),
-                        Kind::Callback => {
-                            let cb = entry.cast::<CallbackNode>();
-                            if callback::claim_for_run(cb.as_ref()) {
-                                callbacks.push(cb);
+                        NodeView::Forward(f) => visit(f.target),
+                        NodeView::Callback(cb) => {
+                            if callback::claim_for_run(cb) {
+                                callbacks.push(entry.cast());
                             }
                         }
-                        Kind::Waiters => {
-                            let w = entry.cast::<WaitersNode>();
+                        NodeView::Waiters(w) => {
                             // Only records the wake-ups, in `wakeups`.
-                            panics.run(|| w.as_ref().notify_all());
+                            panics.run(|| w.notify_all());
                         }
-                        Kind::Value | Kind::Detached => debug_assert!(false, "not a list entry"),
+                        NodeView::Value(_) | NodeView::Detached(_) => {
+                            debug_assert!(false, "not a list entry")
+                        }
                     }
                 })
             };
@@ -203,7 +203,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
         // SAFETY: the caller holds `root`.
         unsafe { root.as_ref() }.children.mark_complete();
         // SAFETY: the caller holds `root`; merges are pinned.
-        unsafe { derive::detach(root, guard.pin()) };
+        unsafe { link::detach(root, guard.pin()) };
         for m in merges {
             if m == root {
                 continue;
@@ -212,7 +212,7 @@ unsafe fn walk(root: NonNull<CancelNode>, word: Snapshot) {
             // itself when it died; a live one is held while we detach it.
             if let Some(held) = unsafe { NodeRef::try_acquire(m.cast()) } {
                 // SAFETY: held.
-                unsafe { derive::detach(m, guard.pin()) };
+                unsafe { link::detach(m, guard.pin()) };
                 drop(held);
             }
         }

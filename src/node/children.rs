@@ -30,10 +30,9 @@
 
 use std::ptr::{self, NonNull};
 
+use super::claims::no_walk_in_flight;
 use super::{Header, Unlinked};
-use crate::sync::{
-    no_walk_in_flight, sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering,
-};
+use crate::sync::{sc_handshake, spin_hint, AtomicPtr, AtomicU64, Guard, LazyGuard, Ordering};
 
 /// Tag bit on a list head: the list is closed to new entries.
 const SEALED: usize = 0b01;
@@ -114,7 +113,8 @@ impl Link {
     /// reference, released with Release after this store).
     ///
     /// # Safety
-    /// `remove_marked(.., keep_claim = true)` returned true for this entry.
+    /// `remove_marked(.., HeadClaim::HandBack)` returned
+    /// [`ListClaim::HandedBack`] for this entry.
     pub(crate) unsafe fn set_claim_returned(&self) {
         let next = self.0.load(Ordering::Relaxed);
         self.0
@@ -127,6 +127,29 @@ impl Link {
     pub(crate) fn claim_returned(&self) -> bool {
         self.0.load(Ordering::Relaxed).addr() & RETURNED != 0
     }
+}
+
+/// What a remover does with the list's claim on an entry it unlinks
+/// cleanly at the head (no sweep running, invariant 5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum HeadClaim {
+    /// Release it at once.
+    Release,
+    /// Hand it back to the caller (the entry's owner, which releases it
+    /// with its own claim: one atomic operation fewer).
+    HandBack,
+}
+
+/// Whether the list's claim on a removed entry is now the caller's.
+#[must_use]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ListClaim {
+    /// Not the caller's: released at once, left with the entry for whoever
+    /// unlinks it (a sweep or the owner's drain), or nothing was removed.
+    NotOurs,
+    /// Handed back ([`HeadClaim::HandBack`] and a clean head unlink): the
+    /// caller owns the list's claim on the entry.
+    HandedBack,
 }
 
 /// A node's list of entries (see the module docs).
@@ -288,7 +311,7 @@ impl ChildList {
     /// (invariant 6). Nothing is done on a sealed list: its owner drains it.
     ///
     /// The list's claim on an entry unlinked here at the head is released
-    /// at once (or handed back to the caller, see `keep_claim`): the unlink
+    /// at once (or handed back to the caller, see `head_claim`): the unlink
     /// is only attempted on a head word with no tag, so it is ordered with
     /// every sweep's announcement on the same word. A sweep that announced
     /// itself later starts from a head that no longer leads to the entry; one
@@ -298,8 +321,9 @@ impl ChildList {
     /// lists, and the owner's dying thread cannot run while the caller holds
     /// the owner (invariant 5).
     ///
-    /// With `keep_claim`, a clean unlink hands the list's claim back to the
-    /// caller (returns true) instead of releasing it.
+    /// With [`HeadClaim::HandBack`], a clean unlink hands the list's claim
+    /// back to the caller ([`ListClaim::HandedBack`]) instead of releasing
+    /// it.
     ///
     /// # Safety
     /// `entry` is in this list, marked, and the caller keeps the list's owner
@@ -308,11 +332,11 @@ impl ChildList {
         &self,
         entry: NonNull<Header>,
         guard: &mut LazyGuard,
-        keep_claim: bool,
-    ) -> bool {
+        head_claim: HeadClaim,
+    ) -> ListClaim {
         let head = self.head.load(Ordering::Acquire);
         if head.addr() & SEALED != 0 {
-            return false;
+            return ListClaim::NotOurs;
         }
         if head == entry.as_ptr() {
             // SAFETY: the caller keeps `entry` valid; it is marked, so its
@@ -326,12 +350,12 @@ impl ChildList {
                 .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                if keep_claim {
-                    return true;
+                if head_claim == HeadClaim::HandBack {
+                    return ListClaim::HandedBack;
                 }
                 // SAFETY: we unlinked it and nobody else can reach it.
-                unsafe { super::release_claim(entry) };
-                return false;
+                unsafe { super::release_claims(entry, 1) };
+                return ListClaim::NotOurs;
             }
         }
         // Relaxed: the counter only schedules sweeps; the list itself is
@@ -364,7 +388,7 @@ impl ChildList {
                     Some(u64::from(d) | (u64::from(t) << 32))
                 });
         }
-        false
+        ListClaim::NotOurs
     }
 
     /// Unlinks every marked entry of an open list, unless another sweep is
@@ -454,7 +478,7 @@ impl ChildList {
                 curr = untag(next);
                 // SAFETY: the list's claim, and no traverser relies on it
                 // (see above; invariant 5).
-                unsafe { super::release_claim(entry) };
+                unsafe { super::release_claims(entry, 1) };
             }
             return;
         }

@@ -1,4 +1,4 @@
-//! Creating child nodes of every kind, and taking them out of their lists.
+//! Creating child nodes of every kind.
 
 use std::any::{Any, TypeId};
 use std::mem::ManuallyDrop;
@@ -6,17 +6,17 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use super::children::ChildList;
+use super::raw::RawContext;
 use super::state::Snapshot;
 use super::{
-    cancel, leave_parent, release_claim, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header,
-    Kind, MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
+    cancel, release_claims, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
+    MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
 };
-use crate::context::Context;
 use crate::error::Cause;
-use crate::sync::{LazyGuard, Ordering, UnsafeCell};
+use crate::sync::{Ordering, UnsafeCell};
 
 /// A header for a child of `parent` with `refs` observers.
-fn child_header(parent: &Context, kind: Kind, refs: u32) -> Header {
+fn child_header(parent: &RawContext, kind: Kind, refs: u32) -> Header {
     let flags = match &parent.node {
         Some(node) => node.header().flags & FLAG_TODO,
         None if parent.todo => FLAG_TODO,
@@ -30,7 +30,7 @@ fn child_header(parent: &Context, kind: Kind, refs: u32) -> Header {
 }
 
 /// The initial state of a cancellable child of `parent`.
-fn inherited(parent: &Context) -> Snapshot {
+fn inherited(parent: &RawContext) -> Snapshot {
     match parent.scope {
         // SAFETY: `parent` keeps its scope alive.
         Some(scope) => unsafe { scope.as_ref() }.state.load().borrowed(),
@@ -108,7 +108,7 @@ unsafe fn finish_late(node: NonNull<CancelNode>, linked: &Linked) {
 }
 
 /// Wraps a new node with `refs == 2` as (context, handle).
-fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
+fn pair(node: NonNull<CancelNode>, parent: &RawContext) -> (RawContext, NodeRef) {
     // SAFETY: the node was created with two references, one for each.
     let (a, b) = unsafe {
         (
@@ -116,11 +116,11 @@ fn pair(node: NonNull<CancelNode>, parent: &Context) -> (Context, NodeRef) {
             NodeRef::from_raw(node.cast()),
         )
     };
-    (Context::from_node(a, parent.todo), b)
+    (RawContext::from_node(a, parent.todo), b)
 }
 
 /// `with_cancel`.
-pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
+pub(crate) fn with_cancel(parent: &RawContext) -> (RawContext, NodeRef) {
     let header = child_header(parent, Kind::Cancel, 2);
     let node = CancelNode::new(header, inherited(parent));
     let node = super::alloc(node);
@@ -133,10 +133,10 @@ pub(crate) fn with_cancel(parent: &Context) -> (Context, NodeRef) {
 /// `with_deadline`: the caller has checked that `deadline` is earlier than
 /// the parent's. A deadline already passed makes the node done on creation.
 pub(crate) fn with_deadline(
-    parent: &Context,
+    parent: &RawContext,
     deadline: Instant,
     cause: Option<Cause>,
-) -> (Context, NodeRef) {
+) -> (RawContext, NodeRef) {
     let header = child_header(parent, Kind::Deadline, 2);
     let mut initial = inherited(parent);
     let expired = !initial.is_done() && deadline <= Instant::now();
@@ -162,7 +162,7 @@ pub(crate) fn with_deadline(
 }
 
 /// `with_value`.
-pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Context {
+pub(crate) fn with_value<T: Any + Send + Sync>(parent: &RawContext, value: T) -> RawContext {
     let node = ValueNode {
         header: child_header(parent, Kind::Value, 1),
         scope: parent.scope,
@@ -172,19 +172,19 @@ pub(crate) fn with_value<T: Any + Send + Sync>(parent: &Context, value: T) -> Co
     };
     let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
-    Context::from_node(unsafe { NodeRef::from_raw(node.cast()) }, parent.todo)
+    RawContext::from_node(unsafe { NodeRef::from_raw(node.cast()) }, parent.todo)
 }
 
 /// `without_cancel`.
-pub(crate) fn without_cancel(parent: &Context) -> Context {
+pub(crate) fn without_cancel(parent: &RawContext) -> RawContext {
     let node = child_header(parent, Kind::Detached, 1);
     let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
-    Context::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
+    RawContext::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
 }
 
 /// `a.merge(b)`.
-pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
+pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
     let deadline = match (a.deadline(), b.deadline()) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
@@ -235,7 +235,7 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
             // SAFETY: unpublished; we give up its list claim ourselves.
             unsafe { f.as_ref() }.header.next.mark();
             // SAFETY: the list's claim, never used.
-            unsafe { release_claim(f.cast()) };
+            unsafe { release_claims(f.cast(), 1) };
         } else {
             // SAFETY: `b` (held by the node) keeps its scope alive.
             let scope = unsafe { sb.as_ref() };
@@ -245,7 +245,7 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
                 // SAFETY: as above.
                 unsafe { f.as_ref() }.header.next.mark();
                 // SAFETY: the list's claim, never used.
-                unsafe { release_claim(f.cast()) };
+                unsafe { release_claims(f.cast(), 1) };
                 let word = scope.state.load().borrowed();
                 // SAFETY: we hold the node's references; `b` keeps the
                 // record's owner alive.
@@ -265,54 +265,4 @@ pub(crate) fn merge(a: &Context, b: &Context) -> (Context, NodeRef) {
     // alive.
     unsafe { finish_late(node.cast(), &linked) };
     pair(node.cast(), a)
-}
-
-/// Takes a merge's forwarder out of `b`'s list.
-///
-/// # Safety
-/// The caller holds a claim on `f` and keeps `other` (hence its scope) alive.
-pub(crate) unsafe fn leave_forwarder(
-    f: NonNull<ForwardNode>,
-    other: &Context,
-    guard: &mut LazyGuard,
-) {
-    // SAFETY: the caller holds a claim.
-    if unsafe { f.as_ref() }.header.next.mark() {
-        if let Some(scope) = other.scope {
-            // SAFETY: `other` keeps the scope alive; `f` is linked there and
-            // now marked.
-            unsafe {
-                scope
-                    .as_ref()
-                    .children
-                    .remove_marked(f.cast(), guard, false)
-            };
-        }
-    }
-}
-
-/// A done node leaves its lists, once its whole subtree is done
-/// (invariant 9): like Go's `removeChild`, a cancelled child does not stay
-/// in its parent's list until it is dropped.
-///
-/// # Safety
-/// The caller holds a reference to `node`.
-pub(crate) unsafe fn detach(node: NonNull<CancelNode>, guard: &mut LazyGuard) {
-    // A clean head unlink hands the list's claim back: the node releases it
-    // with its alive claim when it dies (one atomic operation fewer).
-    // SAFETY: held by the caller.
-    if unsafe { leave_parent(node.cast(), guard, true) } {
-        // SAFETY: `leave_parent` returned true for this entry.
-        unsafe { node.as_ref().header.next.set_claim_returned() };
-    }
-    // SAFETY: held by the caller.
-    if unsafe { node.as_ref() }.header.kind == Kind::Merge {
-        // SAFETY: kind checked.
-        let m = unsafe { node.cast::<MergeNode>().as_ref() };
-        if let Some(f) = m.forwarder {
-            // SAFETY: the merge holds its claim on `f` and `other` while
-            // alive.
-            unsafe { leave_forwarder(f, &m.other, guard) };
-        }
-    }
 }

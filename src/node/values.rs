@@ -10,7 +10,8 @@ use std::fmt::{self, Write};
 use std::ptr::NonNull;
 use std::time::Instant;
 
-use super::{Header, Kind, MergeNode, ValueNode, FLAG_TODO};
+use super::header::NodeView;
+use super::{Header, Kind, FLAG_TODO};
 
 /// The first node of `h`'s value chain: `h` itself if it holds a value or
 /// branches, else its nearest such ancestor.
@@ -39,19 +40,16 @@ pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
         let h = cur.or_else(|| branches.pop())?;
         // SAFETY: an ancestor of a held node is alive for `'a`.
         let header = unsafe { h.as_ref() };
-        match header.kind {
-            Kind::Value => {
-                // SAFETY: kind checked; alive for `'a`.
-                let v = unsafe { h.cast::<ValueNode>().as_ref() };
+        // SAFETY: as above.
+        match unsafe { Header::view(h) } {
+            NodeView::Value(v) => {
                 if v.type_id == want {
                     let value: &'a (dyn Any + Send + Sync) = &*v.value;
                     return value.downcast_ref::<T>();
                 }
                 cur = header.up_values;
             }
-            Kind::Merge => {
-                // SAFETY: kind checked; alive for `'a`.
-                let m = unsafe { h.cast::<MergeNode>().as_ref() };
+            NodeView::Merge(m) => {
                 if let Some(b) = m.other.value_head() {
                     branches.push(b);
                 }
@@ -69,16 +67,12 @@ pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
 pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instant> {
     while let Some(h) = cur {
         // SAFETY: ancestors of a held node are alive.
-        let header = unsafe { h.as_ref() };
-        match header.kind {
-            Kind::Deadline => {
-                // SAFETY: kind checked.
-                return Some(unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline);
-            }
-            // SAFETY: kind checked.
-            Kind::Merge => return unsafe { h.cast::<MergeNode>().as_ref() }.deadline,
-            Kind::Detached => return None,
-            _ => cur = header.parent,
+        match unsafe { Header::view(h) } {
+            NodeView::Deadline(d) => return Some(d.deadline),
+            NodeView::Merge(m) => return m.deadline,
+            NodeView::Detached(_) => return None,
+            // SAFETY: as above.
+            _ => cur = unsafe { h.as_ref() }.parent,
         }
     }
     None
@@ -112,29 +106,21 @@ pub(crate) unsafe fn describe(
     })?;
     for h in chain.into_iter().rev() {
         // SAFETY: alive, as above.
-        let header = unsafe { h.as_ref() };
-        match header.kind {
-            Kind::Cancel => f.write_str(".WithCancel")?,
-            Kind::Deadline => {
-                // SAFETY: kind checked.
-                let d = unsafe { h.cast::<super::DeadlineNode>().as_ref() }.deadline;
+        match unsafe { Header::view(h) } {
+            NodeView::Cancel(_) => f.write_str(".WithCancel")?,
+            NodeView::Deadline(d) => {
+                let d = d.deadline;
                 let left = d.saturating_duration_since(Instant::now());
                 write!(f, ".WithDeadline({d:?} [{left:?}])")?;
             }
-            Kind::Value => {
-                // SAFETY: kind checked.
-                let v = unsafe { h.cast::<ValueNode>().as_ref() };
-                write!(f, ".WithValue({})", v.type_name)?;
-            }
-            Kind::Detached => f.write_str(".WithoutCancel")?,
-            Kind::Merge => {
-                // SAFETY: kind checked.
-                let m = unsafe { h.cast::<MergeNode>().as_ref() };
+            NodeView::Value(v) => write!(f, ".WithValue({})", v.type_name)?,
+            NodeView::Detached(_) => f.write_str(".WithoutCancel")?,
+            NodeView::Merge(m) => {
                 f.write_str(".Merge(")?;
                 fmt::Debug::fmt(&*m.other, f)?;
                 f.write_char(')')?;
             }
-            Kind::Forward | Kind::Callback | Kind::Waiters => {}
+            NodeView::Forward(_) | NodeView::Callback(_) | NodeView::Waiters(_) => {}
         }
     }
     Ok(())

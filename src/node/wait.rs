@@ -9,16 +9,17 @@
 //!   the event's list lock, while the canceller is pinned in its walk; the
 //!   crate's wakers only record themselves there, and the cancellation (or
 //!   the notifier) wakes them once it has released everything.
-//! - [`done`]: the public `Done` future and the guard it registers in place
-//!   of the task's waker.
+//! - [`task`]: what a pending `Done` future keeps, and the guard it
+//!   registers in place of the task's waker (the public `Done` in
+//!   `done.rs` is a thin wrapper).
 //! - [`park`]: blocking waits (`wait`, `wait_timeout`, `wait_deadline`).
 
-mod done;
 mod park;
+mod task;
 mod waiters;
 mod wake_list;
 
-pub use done::Done;
 pub(crate) use park::wait_until;
+pub(crate) use task::TaskWait;
 pub(crate) use waiters::WaitersNode;
 pub(crate) use wake_list::WakeScope;

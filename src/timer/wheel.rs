@@ -60,37 +60,38 @@
 //!
 //! # Invariants
 //!
-//! The code relies on these; `Wheel::check_invariants` (test-only) verifies
-//! them after every operation in the property test.
+//! Numbered W1–W6: the wheel's own, apart from the crate's invariants in
+//! `docs/DESIGN.md`. The code relies on these; `Wheel::check_invariants`
+//! (test-only) verifies them after every operation in the property test.
 //!
-//! 1. **Slab.** Every slab slot is either *armed* (`value` is `Some`) or
-//!    *free* (`value` is `None`). Free slots form the free list, linked by
-//!    `next` from `free_head`. Armed slots are in exactly one list, the one
-//!    named by `entry.list`, doubly linked by `prev`/`next` with `NIL` ends,
-//!    `heads[list]` being the first. `len` is the number of armed slots. No
-//!    slot has index `NIL` (`u32::MAX`), and every link or head other than
-//!    `NIL` is a valid slab index: the code indexes the slab with `[]` on
-//!    that basis (ids from callers are bounds-checked instead).
-//! 2. **Placement.** Every armed entry is in `list_for(entry.tick)` computed
-//!    with the *current* `elapsed`. For a level `L` slot `d` this means the
-//!    tick is `> elapsed`, shares all bits above level `L` with `elapsed`,
-//!    and has digit `d > digit_L(elapsed)` at level `L`; hence the slot's
-//!    start `S` (elapsed's higher bits, digit `d`, zeros below) satisfies
-//!    `elapsed < S <= tick`. `elapsed` only ever advances to a value `<=` the
-//!    start of every unprocessed slot, which keeps this invariant true without
-//!    touching the entries.
-//! 3. **Occupancy.** Bit `d` of `occupied[L]` is set iff the list of level
-//!    `L`, slot `d` is non-empty.
-//! 4. **Due.** Due entries have `due_min <= tick <= due_max <= elapsed`
-//!    (`due_min` and `due_max` are bounds: removals do not tighten them).
-//! 5. **Overflow.** `overflow_min` is a lower bound of the ticks in the
-//!    overflow list (removals do not raise it), and its epoch start
-//!    (`overflow_min` with the low 36 bits cleared) is `> elapsed`, because
-//!    reaching it re-inserts the whole list and recomputes the bound.
-//! 6. **Clock.** `elapsed` is the largest `now` tick ever polled (initially
-//!    0) and is at most `MAX_NOW_TICK`; every slot or overflow event at or
-//!    before it has been processed. Wheel and overflow ticks are
-//!    `< NEVER_TICK`.
+//! - W1. **Slab.** Every slab slot is either *armed* (`value` is `Some`) or
+//!   *free* (`value` is `None`). Free slots form the free list, linked by
+//!   `next` from `free_head`. Armed slots are in exactly one list, the one
+//!   named by `entry.list`, doubly linked by `prev`/`next` with `NIL` ends,
+//!   `heads[list]` being the first. `len` is the number of armed slots. No
+//!   slot has index `NIL` (`u32::MAX`), and every link or head other than
+//!   `NIL` is a valid slab index: the code indexes the slab with `[]` on
+//!   that basis (ids from callers are bounds-checked instead).
+//! - W2. **Placement.** Every armed entry is in `list_for(entry.tick)` computed
+//!   with the *current* `elapsed`. For a level `L` slot `d` this means the
+//!   tick is `> elapsed`, shares all bits above level `L` with `elapsed`,
+//!   and has digit `d > digit_L(elapsed)` at level `L`; hence the slot's
+//!   start `S` (elapsed's higher bits, digit `d`, zeros below) satisfies
+//!   `elapsed < S <= tick`. `elapsed` only ever advances to a value `<=` the
+//!   start of every unprocessed slot, which keeps this invariant true without
+//!   touching the entries.
+//! - W3. **Occupancy.** Bit `d` of `occupied[L]` is set iff the list of level
+//!   `L`, slot `d` is non-empty.
+//! - W4. **Due.** Due entries have `due_min <= tick <= due_max <= elapsed`
+//!   (`due_min` and `due_max` are bounds: removals do not tighten them).
+//! - W5. **Overflow.** `overflow_min` is a lower bound of the ticks in the
+//!   overflow list (removals do not raise it), and its epoch start
+//!   (`overflow_min` with the low 36 bits cleared) is `> elapsed`, because
+//!   reaching it re-inserts the whole list and recomputes the bound.
+//! - W6. **Clock.** `elapsed` is the largest `now` tick ever polled (initially
+//!   0) and is at most `MAX_NOW_TICK`; every slot or overflow event at or
+//!   before it has been processed. Wheel and overflow ticks are
+//!   `< NEVER_TICK`.
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +115,7 @@ const OVERFLOW_LIST: usize = DUE_LIST + 1;
 const NEVER_LIST: usize = DUE_LIST + 2;
 /// Total number of lists: one per slot plus due, overflow and never.
 const LIST_COUNT: usize = DUE_LIST + 3;
-/// Null link, and the one slab index that is never used (invariant 1).
+/// Null link, and the one slab index that is never used (invariant W1).
 const NIL: u32 = u32::MAX;
 /// Tick of deadlines that saturated the tick counter: they never fire.
 const NEVER_TICK: u64 = u64::MAX;
@@ -159,7 +160,7 @@ impl TimerId {
 
     /// Packs the id into a `u64` that is never equal to
     /// [`TimerId::NONE_BITS`]: ids made by the wheel have an index below
-    /// `NIL` (invariant 1), and [`TimerId::from_bits`] refuses `NONE_BITS`.
+    /// `NIL` (invariant W1), and [`TimerId::from_bits`] refuses `NONE_BITS`.
     pub(crate) fn to_bits(self) -> u64 {
         self.0
     }
@@ -172,7 +173,7 @@ impl TimerId {
     }
 }
 
-/// One slab slot: an armed entry or a free slot (see invariant 1).
+/// One slab slot: an armed entry or a free slot (see invariant W1).
 struct Entry<T> {
     /// The stored value; `None` iff the slot is free.
     value: Option<T>,
@@ -193,21 +194,21 @@ struct Entry<T> {
 pub(crate) struct Wheel<T> {
     /// Time zero.
     origin: Instant,
-    /// The current tick: the largest `now` tick polled so far (invariant 6).
+    /// The current tick: the largest `now` tick polled so far (invariant W6).
     elapsed: u64,
-    /// Storage of all entries, armed and free (invariant 1).
+    /// Storage of all entries, armed and free (invariant W1).
     slab: Vec<Entry<T>>,
     /// First free slab slot, or `NIL`.
     free_head: u32,
     /// First entry of each of the `LIST_COUNT` lists, or `NIL`.
     heads: Box<[u32]>,
-    /// Per-level occupancy bitmaps (invariant 3).
+    /// Per-level occupancy bitmaps (invariant W3).
     occupied: [u64; LEVELS],
-    /// Lower bound of the due list's ticks (invariant 4).
+    /// Lower bound of the due list's ticks (invariant W4).
     due_min: u64,
-    /// Upper bound of the due list's ticks, `<= elapsed` (invariant 4).
+    /// Upper bound of the due list's ticks, `<= elapsed` (invariant W4).
     due_max: u64,
-    /// Lower bound of the overflow list's ticks (invariant 5).
+    /// Lower bound of the overflow list's ticks (invariant W5).
     overflow_min: u64,
     /// Number of armed entries.
     len: usize,
@@ -294,11 +295,11 @@ impl<T> Wheel<T> {
                 break;
             }
             // The event is the earliest one and `tick <= now_tick`: advancing
-            // `elapsed` to it keeps invariant 2 for every other list.
+            // `elapsed` to it keeps invariant W2 for every other list.
             self.elapsed = self.elapsed.max(tick);
             self.process_list(list, self.elapsed, out);
         }
-        // No event is left at or before `now_tick`, so invariant 2 holds.
+        // No event is left at or before `now_tick`, so invariant W2 holds.
         self.elapsed = self.elapsed.max(now_tick);
     }
 
@@ -318,7 +319,7 @@ impl<T> Wheel<T> {
     /// timer thread sleeping until it never spins.
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
         let tick = if self.heads[DUE_LIST] != NIL {
-            // due_min <= elapsed < every event (invariants 2, 4, 5).
+            // due_min <= elapsed < every event (invariants W2, W4, W5).
             self.due_min
         } else {
             self.next_event()?.0
@@ -376,7 +377,7 @@ impl<T> Wheel<T> {
     }
 
     /// The list an entry with deadline `tick` belongs in, given the current
-    /// `elapsed` (invariant 2).
+    /// `elapsed` (invariant W2).
     fn list_for(&self, tick: u64) -> usize {
         if tick == NEVER_TICK {
             return NEVER_LIST;
@@ -398,7 +399,7 @@ impl<T> Wheel<T> {
 
     /// The earliest pending slot or overflow event: its tick and list.
     ///
-    /// By invariant 2, the lowest occupied slot of a level is its next one,
+    /// By invariant W2, the lowest occupied slot of a level is its next one,
     /// and the lowest non-empty level always has the earliest start; the
     /// minimum over all levels is taken anyway, which costs 6 steps.
     fn next_event(&self) -> Option<(u64, usize)> {
@@ -452,7 +453,7 @@ impl<T> Wheel<T> {
     }
 
     /// Pushes the armed, unlinked entry `index` onto the front of the list
-    /// its tick belongs in, maintaining invariants 3 to 5.
+    /// its tick belongs in, maintaining invariants W3 to W5.
     fn link(&mut self, index: u32) {
         let tick = self.slab[index as usize].tick;
         let list = self.list_for(tick);
@@ -535,7 +536,7 @@ impl<T> Wheel<T> {
     /// Empties list `list`: entries whose tick is `<= limit` fire into `out`,
     /// the others are re-inserted. For a slot or the overflow list, `limit` is
     /// `elapsed` (the event's tick) and re-inserting cascades the entry into a
-    /// strictly later event (invariant 2); for the due list, `limit` may be
+    /// strictly later event (invariant W2); for the due list, `limit` may be
     /// lower and the rest goes back to the due list.
     fn process_list(&mut self, list: usize, limit: u64, out: &mut Vec<T>) {
         let mut index = self.take_list(list);
@@ -553,7 +554,7 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// Checks invariants 1 to 6, panicking with a description on violation.
+    /// Checks invariants W1 to W6, panicking with a description on violation.
     #[cfg(test)]
     fn check_invariants(&self) {
         let mut armed = 0;

@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use super::waiters::listen;
 use super::wake_list::Wakeup;
-use crate::context::Context;
 use crate::error::Error;
+use crate::node::raw::RawContext;
 use crate::sync::{thread, EventListener, Listener, UserArc};
 
 /// The waker of a thread blocked in `wait_until`: waking it unparks the
@@ -67,7 +67,7 @@ loom::thread_local! {
 }
 
 /// Blocks until `ctx` is done or `deadline` passes (`None`: no deadline).
-pub(crate) fn wait_until(ctx: &Context, deadline: Option<Instant>) -> Option<Error> {
+pub(crate) fn wait_until(ctx: &RawContext, deadline: Option<Instant>) -> Option<Error> {
     loop {
         if let Err(err) = ctx.err() {
             return Some(err);
@@ -114,7 +114,7 @@ fn park_timeout(_timeout: std::time::Duration) {
 /// the registration) until `ctx` is done or `deadline` passes. `Some` is
 /// `wait_until`'s answer; `None`: the listener was notified, check again.
 fn block_on(
-    ctx: &Context,
+    ctx: &RawContext,
     mut listener: EventListener,
     deadline: Option<Instant>,
 ) -> Option<Option<Error>> {

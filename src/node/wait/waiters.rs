@@ -17,7 +17,7 @@ use std::panic::resume_unwind;
 use std::ptr;
 
 use super::wake_list::WakeScope;
-use crate::node::{release_claim, CancelNode, Header, Kind, FLAG_LINKED};
+use crate::node::{release_claims, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::sync::{fence, Event, EventListener, Ordering};
 
 /// The list entry that carries a node's waiter event. Claims: one for the
@@ -76,7 +76,7 @@ fn event_slow(scope: &CancelNode) -> &Event {
     ) {
         Err(winner) => {
             // SAFETY: ours, never published.
-            unsafe { crate::node::free_with_claims(fresh.cast()) };
+            unsafe { crate::node::free_unreachable(fresh.cast()) };
             // SAFETY: published entries live as long as their owner.
             unsafe { &(*winner).event }
         }
@@ -90,7 +90,7 @@ fn event_slow(scope: &CancelNode) -> &Event {
                 // Already done (sealed): never linked.
                 w.header.next.mark();
                 // SAFETY: the list's claim, never used.
-                unsafe { release_claim(entry) };
+                unsafe { release_claims(entry, 1) };
             }
             // Linked, but the push/cancel handshake says the scope is done
             // (a walker found its list empty, see `ChildList::push`): no

@@ -9,7 +9,7 @@
 //! unparked there wakes up only to block on that lock.
 //!
 //! So the crate never lets event-listener run a wake-up. Each waker it
-//! registers (a task's guard, `done::TaskGuard`; a blocked thread's
+//! registers (a task's guard, `task::TaskGuard`; a blocked thread's
 //! `park::Unparker`) only *records* itself when woken on a thread that has a
 //! [`WakeScope`] open, and the scope performs the recorded wake-ups when it
 //! closes, after every internal lock, pin and walk count is released. A
@@ -32,8 +32,8 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::done::TaskGuard;
 use super::park::Unparker;
+use super::task::TaskGuard;
 use crate::sync::UserArc;
 
 /// A wake-up recorded inside a notify, to be performed outside it.

@@ -1,5 +1,5 @@
-//! The `Done` future, and the guard it registers in place of the task's
-//! waker.
+//! Waiting as a task: the state of a pending `Done` future, and the guard
+//! it registers in place of the task's waker.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,8 +7,8 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use super::waiters::listen;
 use super::wake_list::Wakeup;
-use crate::context::Context;
 use crate::error::Error;
+use crate::node::raw::RawContext;
 use crate::sync::{EventListener, UserArc};
 
 /// The waker a `Done` registers with event-listener in place of the task's:
@@ -39,73 +39,44 @@ impl Wake for TaskGuard {
     }
 }
 
-/// Completes with the context's [`Error`] once it is done.
-///
-/// Returned by [`Context::done`]. It is `Send + Sync + Unpin + 'static`,
-/// owns a clone of the context, and can be polled by any executor. Dropping
-/// a pending `Done` removes its registration at once.
-///
-/// Go equivalent: `<-ctx.Done()` followed by `ctx.Err()`.
-///
-/// ```
-/// # futures::executor::block_on(async {
-/// use ctxtree::{Context, Error};
-///
-/// let (ctx, cancel) = Context::background().with_cancel();
-/// let done = ctx.done();
-/// std::thread::spawn(move || cancel.cancel());
-/// assert_eq!(done.await, Error::Canceled);
-/// # });
-/// ```
-#[must_use = "futures do nothing unless polled"]
-pub struct Done {
-    ctx: Context,
+/// What a pending `Done` keeps between polls: its listener on the scope's
+/// event and the guard of the task waker it last registered.
+pub(crate) struct TaskWait {
     listener: Option<EventListener>,
     /// The guard of the task waker last registered, while pending.
     guard: Option<UserArc<TaskGuard>>,
 }
 
-impl std::fmt::Debug for Done {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Done")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Done {
-    pub(crate) fn new(ctx: Context) -> Done {
-        Done {
-            ctx,
+impl TaskWait {
+    /// Nothing registered yet.
+    pub(crate) fn new() -> TaskWait {
+        TaskWait {
             listener: None,
             guard: None,
         }
     }
-}
 
-impl Future for Done {
-    type Output = Error;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
-        let this = &mut *self;
+    /// Polls for `ctx` being done: check → listen → re-check
+    /// (invariant 12), then wait for the listener's notification.
+    pub(crate) fn poll(&mut self, ctx: &RawContext, cx: &mut TaskContext<'_>) -> Poll<Error> {
         loop {
-            if let Err(err) = this.ctx.err() {
+            if let Err(err) = ctx.err() {
                 // Dropped at once: nothing keeps the task's waker alive.
-                this.listener = None;
-                this.guard = None;
+                self.listener = None;
+                self.guard = None;
                 return Poll::Ready(err);
             }
-            let Some(scope) = this.ctx.scope_ref() else {
+            let Some(scope) = ctx.scope_ref() else {
                 // Never done: nothing will ever wake us, and nothing needs to.
                 return Poll::Pending;
             };
-            let Some(listener) = &mut this.listener else {
-                this.listener = Some(listen(scope));
+            let Some(listener) = &mut self.listener else {
+                self.listener = Some(listen(scope));
                 continue;
             };
-            let guard = match &this.guard {
+            let guard = match &self.guard {
                 Some(guard) if guard.0.will_wake(cx.waker()) => guard.clone(),
-                _ => this
+                _ => self
                     .guard
                     .insert(UserArc::new(TaskGuard::new(cx.waker().clone())))
                     .clone(),
@@ -114,7 +85,7 @@ impl Future for Done {
             // `will_wake` the same (then it drops the old one).
             let guard = Waker::from(guard);
             match Pin::new(listener).poll(&mut TaskContext::from_waker(&guard)) {
-                Poll::Ready(()) => this.listener = None,
+                Poll::Ready(()) => self.listener = None,
                 Poll::Pending => return Poll::Pending,
             }
         }
