@@ -31,5 +31,5 @@ export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-prov
 cargo +nightly miri test \
     --test cancel --test values --test after_func --test tree \
     --test waiting --test deadline --test static_assertions --test timer \
-    --test model_proptest --test bad_input \
+    --test model_proptest --test bad_input --test reentrant_wakers \
     -- --skip deep_chain_

@@ -142,10 +142,9 @@ async fn handler_sees_the_grpc_timeout_deadline_and_answers_deadline_exceeded() 
             .await
             .unwrap()
             .expect("the handler saw a deadline");
-        assert!(
-            left > Duration::ZERO && left <= Duration::from_millis(50),
-            "{left:?}"
-        );
+        // At most the client's timeout; it may already have run out by
+        // the time a loaded machine runs the handler (no lower bound).
+        assert!(left <= Duration::from_millis(50), "{left:?}");
     })
     .await;
 }
