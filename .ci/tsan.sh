@@ -14,7 +14,8 @@
 # default 10). ctxtree (only) is built with debug assertions, so the matrix
 # and the retention tests also check the crate's live node counts. Any TSan
 # report fails the step.
-# Usage: .ci/tsan.sh            (from anywhere; about 4 minutes on 2 cores)
+# Usage: .ci/tsan.sh   (from anywhere; about 3 minutes on 2 cores from a
+#                       cold target/tsan on a quiet machine, 8 under load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -88,6 +88,7 @@ impl RawContext {
     // ---- derivation -------------------------------------------------
 
     /// `with_cancel`: the child and its handle's reference.
+    #[inline]
     pub(crate) fn with_cancel(&self) -> (RawContext, NodeRef) {
         derive::with_cancel(self)
     }
