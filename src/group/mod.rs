@@ -61,16 +61,23 @@
 //! assert!(!request.is_done()); // only the group's child context ended
 //! ```
 
+mod error;
+mod join;
+mod tasks;
+
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
+
+pub use error::{Panicked, TaskDropped};
+pub use join::Join;
+
+use join::block_on;
+use tasks::LocalTask;
 
 use crate::{CancelHandle, Cause, Context};
 
@@ -79,88 +86,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A type-erased task future, what a [spawner](Group::with_spawner) receives.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-type TaskFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
-type Spawner = Arc<dyn Fn(BoxFuture) + Send + Sync + 'static>;
-type PanicPayload = Box<dyn Any + Send + 'static>;
-
-/// The cause a group's context is cancelled with when one of its tasks
-/// panics (the panic itself is resumed by [`Group::wait`] /
-/// [`Group::join`]). Display: `group task panicked: <message>`.
-///
-/// ```
-/// use ctxtree::{Context, group::{Group, Panicked}};
-/// let g = Group::new(&Context::background());
-/// g.go(|| -> Result<(), std::io::Error> { panic!("boom") });
-/// let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.wait()));
-/// assert!(caught.is_err()); // the panic reached the waiter
-/// let cause = g.context().cause().unwrap();
-/// assert_eq!(cause.downcast_ref::<Panicked>().unwrap().message(), "boom");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Panicked {
-    message: String,
-}
-
-impl Panicked {
-    fn from_payload(payload: &PanicPayload) -> Panicked {
-        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
-        Panicked { message }
-    }
-
-    /// The panic's message (`"Box<dyn Any>"` if the payload was not a
-    /// string).
-    ///
-    /// ```
-    /// # use ctxtree::{Context, group::{Group, Panicked}};
-    /// let g = Group::new(&Context::background());
-    /// g.go(|| -> Result<(), std::io::Error> { panic!("at the disco") });
-    /// let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.wait()));
-    /// let cause = g.context().cause().unwrap();
-    /// assert_eq!(cause.to_string(), "group task panicked: at the disco");
-    /// ```
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for Panicked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "group task panicked: {}", self.message)
-    }
-}
-
-impl std::error::Error for Panicked {}
-
-/// The error a group records when a spawned future is dropped before it
-/// completed — the [spawner](Group::with_spawner) dropped it, e.g. because
-/// its runtime shut down — so that [`Group::wait`] does not wait forever.
-/// Display: `group task dropped before it completed`.
-///
-/// ```
-/// use ctxtree::{Context, group::{Group, TaskDropped}};
-/// // A spawner that drops every future it is given.
-/// let g = Group::new(&Context::background()).with_spawner(drop);
-/// g.spawn(async { Ok::<(), std::io::Error>(()) });
-/// let err = g.wait().unwrap_err();
-/// assert!(err.is::<TaskDropped>());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TaskDropped;
-
-impl fmt::Display for TaskDropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("group task dropped before it completed")
-    }
-}
-
-impl std::error::Error for TaskDropped {}
 
 /// A set of threads and futures bound to a child context: the first one
 /// to fail cancels the rest, with its error as the cause, and
@@ -221,6 +146,10 @@ impl Drop for Owner {
     }
 }
 
+type TaskFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+type Spawner = Arc<dyn Fn(BoxFuture) + Send + Sync + 'static>;
+type PanicPayload = Box<dyn Any + Send + 'static>;
+
 struct Shared {
     ctx: Context,
     handle: CancelHandle,
@@ -256,189 +185,6 @@ struct State {
 impl State {
     fn has_slot(&self) -> bool {
         self.limit.is_none_or(|limit| self.active < limit)
-    }
-}
-
-struct LocalTask {
-    fut: TaskFuture,
-    waker: Arc<TaskWaker>,
-}
-
-/// The waker of one `join`-driven future: marks it ready and wakes joiners.
-struct TaskWaker {
-    id: u64,
-    /// True from a wake until the next poll starts: a wake while it is
-    /// already true needs no second push onto `ready`.
-    woken: AtomicBool,
-    shared: Weak<Shared>,
-}
-
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // AcqRel: the swap orders this wake after the poll that cleared the
-        // flag (Acquire) and publishes it to the poller that re-checks the
-        // flag after its poll (Release); the mutex below orders the rest.
-        if self.woken.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Some(shared) = self.shared.upgrade() {
-            let joiners = {
-                let mut st = shared.lock();
-                st.ready.push(self.id);
-                std::mem::take(&mut st.joiners)
-            };
-            joiners.into_iter().for_each(Waker::wake);
-        }
-    }
-}
-
-/// How one task ended.
-enum Ended {
-    Ok,
-    Err(BoxError),
-    Panic(PanicPayload),
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic never happens while the lock is held (user code runs
-        // outside it), but do not turn one into a second panic.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Starts a future that got a slot: hands it to the spawner (returned,
-    /// to be called once the lock is released) or makes it a local task.
-    fn start_locked(
-        self: &Arc<Self>,
-        st: &mut State,
-        fut: TaskFuture,
-    ) -> Option<(Spawner, TaskFuture)> {
-        if let Some(spawner) = &st.spawner {
-            return Some((Arc::clone(spawner), fut));
-        }
-        let id = st.next_id;
-        st.next_id += 1;
-        let waker = Arc::new(TaskWaker {
-            id,
-            woken: AtomicBool::new(true),
-            shared: Arc::downgrade(self),
-        });
-        st.local.insert(id, LocalTask { fut, waker });
-        st.ready.push(id);
-        None
-    }
-
-    /// Runs what `start_locked` and `finish` left to do outside the lock.
-    fn run_starts(self: &Arc<Self>, starts: Vec<(Spawner, TaskFuture)>, joiners: Vec<Waker>) {
-        for (spawner, fut) in starts {
-            let task = Spawned {
-                shared: Arc::clone(self),
-                fut: Some(fut),
-            };
-            spawner(Box::pin(task));
-        }
-        joiners.into_iter().for_each(Waker::wake);
-    }
-
-    fn spawn_future(self: &Arc<Self>, fut: TaskFuture) {
-        let mut starts = Vec::new();
-        let joiners = {
-            let mut st = self.lock();
-            st.pending += 1;
-            if st.has_slot() {
-                st.active += 1;
-                starts.extend(self.start_locked(&mut st, fut));
-            } else {
-                st.queued.push_back(fut);
-            }
-            std::mem::take(&mut st.joiners)
-        };
-        self.run_starts(starts, joiners);
-    }
-
-    /// Records how a task ended, frees its slot, starts what waits for one,
-    /// cancels the group on its first failure and wakes the waiters.
-    fn finish(self: &Arc<Self>, ended: Ended) {
-        let (cause, payload): (Option<Cause>, _) = match ended {
-            Ended::Ok => (None, None),
-            Ended::Err(e) => (Some(Arc::from(e)), None),
-            Ended::Panic(payload) => (
-                Some(Arc::new(Panicked::from_payload(&payload))),
-                Some(payload),
-            ),
-        };
-        let mut starts = Vec::new();
-        let (first, joiners) = {
-            let mut st = self.lock();
-            if st.panic.is_none() {
-                st.panic = payload;
-            }
-            st.pending -= 1;
-            st.active -= 1;
-            let first = match cause {
-                Some(c) if st.error.is_none() => {
-                    st.error = Some(Arc::clone(&c));
-                    Some(c)
-                }
-                _ => None,
-            };
-            while st.has_slot() {
-                let Some(fut) = st.queued.pop_front() else {
-                    break;
-                };
-                st.active += 1;
-                starts.extend(self.start_locked(&mut st, fut));
-            }
-            (first, std::mem::take(&mut st.joiners))
-        };
-        self.slot_freed.notify_all();
-        if let Some(cause) = first {
-            self.handle.cancel_with_shared_cause(cause);
-        }
-        self.run_starts(starts, joiners);
-    }
-
-    /// Takes a slot for a thread, blocking until one is free if `block`.
-    fn acquire_thread_slot(&self, block: bool) -> bool {
-        let mut st = self.lock();
-        while !st.has_slot() {
-            if !block {
-                return false;
-            }
-            st = self
-                .slot_freed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        st.active += 1;
-        st.pending += 1;
-        true
-    }
-
-    fn start_thread<F, E>(self: &Arc<Self>, f: F)
-    where
-        F: FnOnce() -> Result<(), E> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        let shared = Arc::clone(self);
-        let spawned = thread::Builder::new()
-            .name("ctxtree-group".into())
-            .spawn(move || {
-                let ended = match panic::catch_unwind(AssertUnwindSafe(f)) {
-                    Ok(Ok(())) => Ended::Ok,
-                    Ok(Err(e)) => Ended::Err(e.into()),
-                    Err(payload) => Ended::Panic(payload),
-                };
-                shared.finish(ended);
-            });
-        if let Err(e) = spawned {
-            // The OS refused a thread: the task failed before it started.
-            self.finish(Ended::Err(Box::new(e)));
-        }
     }
 }
 
@@ -764,168 +510,6 @@ impl fmt::Debug for Group {
             .field("limit", &st.limit)
             .field("error", &st.error.as_ref().map(|e| e.to_string()))
             .finish()
-    }
-}
-
-/// The future returned by [`Group::join`]: see there.
-///
-/// ```
-/// # futures::executor::block_on(async {
-/// let g = ctxtree::group::Group::new(&ctxtree::Context::background());
-/// let join: ctxtree::group::Join = g.join();
-/// assert!(join.await.is_ok());
-/// # });
-/// ```
-#[must_use = "a Join does nothing unless polled"]
-pub struct Join {
-    group: Group,
-    done: bool,
-}
-
-/// How many tasks one poll of `Join` polls before yielding to its executor.
-const POLL_BUDGET: usize = 64;
-
-impl Future for Join {
-    type Output = Result<(), Cause>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Cause>> {
-        if self.done {
-            // Polled after completion: stay pending rather than panic.
-            return Poll::Pending;
-        }
-        let shared = Arc::clone(self.group.shared());
-        for _ in 0..POLL_BUDGET {
-            let (id, mut task) = {
-                let mut st = shared.lock();
-                if st.pending == 0 {
-                    let error = st.error.clone();
-                    let panic = st.panic.take();
-                    drop(st);
-                    self.done = true;
-                    // Go's Wait cancels the group's context too.
-                    match &error {
-                        Some(cause) => shared.handle.cancel_with_shared_cause(Arc::clone(cause)),
-                        None => shared.handle.cancel(),
-                    }
-                    if let Some(payload) = panic {
-                        panic::resume_unwind(payload);
-                    }
-                    return Poll::Ready(error.map_or(Ok(()), Err));
-                }
-                // Register before looking for work: a task that becomes
-                // ready after this (or finishes) wakes us.
-                if !st.joiners.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.joiners.push(cx.waker().clone());
-                }
-                let Some(id) = st.ready.pop() else {
-                    return Poll::Pending;
-                };
-                match st.local.remove(&id) {
-                    Some(task) => (id, task),
-                    // Stale id, or another join is polling it (it re-queues
-                    // the id if the task was woken meanwhile).
-                    None => continue,
-                }
-            };
-            // Release: pairs with the AcqRel swap in `wake_by_ref`; a wake
-            // from now on happens after this poll started and re-queues.
-            task.waker.woken.store(false, Ordering::Release);
-            let waker = Waker::from(Arc::clone(&task.waker));
-            let polled = panic::catch_unwind(AssertUnwindSafe(|| {
-                task.fut.as_mut().poll(&mut TaskContext::from_waker(&waker))
-            }));
-            match polled {
-                Ok(Poll::Pending) => {
-                    let mut st = shared.lock();
-                    // Acquire: sees a wake that happened during the poll.
-                    if task.waker.woken.load(Ordering::Acquire) {
-                        st.ready.push(id);
-                    }
-                    st.local.insert(id, task);
-                }
-                Ok(Poll::Ready(result)) => {
-                    drop(task);
-                    shared.finish(result.map_or_else(Ended::Err, |()| Ended::Ok));
-                }
-                Err(payload) => {
-                    drop(task);
-                    shared.finish(Ended::Panic(payload));
-                }
-            }
-        }
-        // Budget spent with work left: yield to the executor, come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl fmt::Debug for Join {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Join")
-            .field("group", &self.group)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-/// A future handed to a spawner: reports its end to the group.
-struct Spawned {
-    shared: Arc<Shared>,
-    fut: Option<TaskFuture>,
-}
-
-impl Future for Spawned {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(());
-        };
-        let ended = match panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(()))) => Ended::Ok,
-            Ok(Poll::Ready(Err(e))) => Ended::Err(e),
-            Err(payload) => Ended::Panic(payload),
-        };
-        self.fut = None;
-        self.shared.finish(ended);
-        Poll::Ready(())
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(fut) = self.fut.take() {
-            drop(fut);
-            self.shared.finish(Ended::Err(Box::new(TaskDropped)));
-        }
-    }
-}
-
-/// Wakes a thread parked in [`block_on`].
-struct Unpark(Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Polls `fut` on this thread, parking between wake-ups.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = TaskContext::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        // A wake before this park leaves the token set: no lost wake-up.
-        thread::park();
     }
 }
 
