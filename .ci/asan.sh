@@ -66,12 +66,7 @@ fi
 echo "asan: deliberate use-after-free reported as expected (exit $status)"
 
 # 2. The race matrix must be clean.
-t1=$(date +%s)
-CTXTREE_RACE_MS="${CTXTREE_RACE_MS:-300}" \
-CTXTREE_RACE_MIN_ROUNDS="${CTXTREE_RACE_MIN_ROUNDS:-3000}" \
-CTXTREE_RACE_VERBOSE="${CTXTREE_RACE_VERBOSE:-1}" \
-    "$races" --test-threads=1
-echo "asan: race matrix clean in $(( $(date +%s) - t1 )) s"
+run_race_matrix asan "$races" 300 3000
 
 # 3. Re-entrant wakers and retention.
 t2=$(date +%s)

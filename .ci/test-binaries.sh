@@ -1,5 +1,5 @@
-# Sourced by .ci/asan.sh and .ci/tsan.sh: builds test binaries once and
-# finds them.
+# Sourced by .ci/asan.sh and .ci/tsan.sh: builds test binaries once, finds
+# them, and runs the race matrix with a step's budget.
 #
 # build_test_binaries LABEL CARGO_ARGS...
 #   Runs `cargo CARGO_ARGS... --no-run` (its output goes to the log) and
@@ -25,4 +25,18 @@ build_test_binaries() {
         fi
     done
     rm -f "$log"
+}
+
+# run_race_matrix LABEL BINARY MS MIN_ROUNDS
+#   Runs the race matrix (tests/races.rs) one cell at a time with MS ms and
+#   at least MIN_ROUNDS rounds per cell unless CTXTREE_RACE_MS /
+#   CTXTREE_RACE_MIN_ROUNDS say otherwise, a line per cell in the log.
+run_race_matrix() {
+    local label=$1 bin=$2 ms=$3 min=$4 t
+    t=$(date +%s)
+    CTXTREE_RACE_MS="${CTXTREE_RACE_MS:-$ms}" \
+    CTXTREE_RACE_MIN_ROUNDS="${CTXTREE_RACE_MIN_ROUNDS:-$min}" \
+    CTXTREE_RACE_VERBOSE="${CTXTREE_RACE_VERBOSE:-1}" \
+        "$bin" --test-threads=1
+    echo "$label: race matrix clean in $(( $(date +%s) - t )) s"
 }

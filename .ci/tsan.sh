@@ -63,12 +63,7 @@ done
 echo "tsan: stress clean ($runs runs)"
 
 # 3. The race matrix must be clean.
-t1=$(date +%s)
-CTXTREE_RACE_MS="${CTXTREE_RACE_MS:-60}" \
-CTXTREE_RACE_MIN_ROUNDS="${CTXTREE_RACE_MIN_ROUNDS:-1000}" \
-CTXTREE_RACE_VERBOSE="${CTXTREE_RACE_VERBOSE:-1}" \
-    "$races" --test-threads=1
-echo "tsan: race matrix clean in $(( $(date +%s) - t1 )) s"
+run_race_matrix tsan "$races" 60 1000
 
 # 4. Re-entrant wakers, retention, the server soak.
 t2=$(date +%s)
