@@ -1,9 +1,10 @@
 //! [`CancelHandle`] and [`CancelGuard`].
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use crate::error::{into_cause, Error};
-use crate::node::{as_cancel, cancel, NodeRef};
+use crate::node::{as_cancel, cancel, timer_glue, Header, NodeRef};
 
 /// Cancels one context (and every descendant). Cheap to clone; `Send +
 /// Sync`. Dropping it does **not** cancel (see [`drop_guard`](Self::drop_guard)
@@ -98,6 +99,103 @@ impl CancelHandle {
     /// ```
     pub fn cancel_with_shared_cause(&self, cause: crate::Cause) {
         self.cancel_inner(Error::Canceled, Some(cause));
+    }
+
+    /// Moves this context's deadline to `deadline`, later or earlier:
+    /// the context is then done with [`Error::DeadlineExceeded`] when the
+    /// new deadline passes (within the timer's resolution, a few ms), and
+    /// never because the old one did. Returns `true` if the deadline
+    /// moved.
+    ///
+    /// Returns `false` and changes nothing when:
+    /// - the context has **no deadline of its own**: it came from
+    ///   [`with_cancel`](crate::Context::with_cancel) or
+    ///   [`merge`](crate::Context::merge), or from a
+    ///   [`with_deadline`](crate::Context::with_deadline) /
+    ///   [`with_timeout`](crate::Context::with_timeout) whose deadline was
+    ///   not earlier than the parent's (or was `Duration::MAX`): Go's rule
+    ///   then makes a plain cancellable child that follows the parent's
+    ///   deadline, and there is nothing of its own to move;
+    /// - the context is already done (cancelled, or its deadline fired: a
+    ///   move racing the expiry either wins, and the context fires at the
+    ///   new deadline, or loses and returns `false`).
+    ///
+    /// Moving later is one atomic compare-and-swap (no lock); moving
+    /// earlier also re-arms the timer entry (O(1), under the timer's lock).
+    /// Cheap enough to call on every read of a connection (an idle
+    /// timeout).
+    ///
+    /// What [`Context::deadline`](crate::Context::deadline) reports: on
+    /// this context, the new deadline at once. On descendants (derived
+    /// before or after the move), the earliest deadline on their way up to
+    /// the first `merge` or `without_cancel`: a plain child sees the move;
+    /// a descendant with an earlier deadline of its own keeps it. A
+    /// descendant's own deadline keeps firing at its own time even if this
+    /// one moves later past it (it is its own deadline); moving this one
+    /// earlier cancels the whole subtree at the new time. A `merge` made
+    /// before the move keeps the minimum it computed at its creation.
+    ///
+    /// Go equivalent: none (Go users wrap `WithTimeout` in a goroutine or
+    /// a `time.Timer` they reset). tokio: `Sleep::reset`; .NET:
+    /// `CancellationTokenSource.CancelAfter`.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, handle) = Context::background().with_timeout(Duration::from_secs(30));
+    /// let later = Instant::now() + Duration::from_secs(60);
+    /// assert!(handle.set_deadline(later));
+    /// assert_eq!(ctx.deadline(), Some(later));
+    ///
+    /// // Earlier: fires at the new time.
+    /// assert!(handle.set_deadline(Instant::now()));
+    /// ctx.wait();
+    /// assert!(!handle.set_deadline(later)); // done: nothing moves
+    ///
+    /// // No deadline of its own: nothing to move.
+    /// let (_plain, cancel) = Context::background().with_cancel();
+    /// assert!(!cancel.set_deadline(later));
+    /// ```
+    pub fn set_deadline(&self, deadline: Instant) -> bool {
+        self.move_deadline(Some(deadline))
+    }
+
+    /// `set_deadline(Instant::now() + timeout)`; a timeout too large to
+    /// represent (`Duration::MAX`) means "never": the context then never
+    /// fires by its deadline (until moved again). Same return value and
+    /// rules as [`set_deadline`](Self::set_deadline).
+    ///
+    /// An idle timeout: push the deadline on every read.
+    ///
+    /// Go equivalent: none (see [`set_deadline`](Self::set_deadline));
+    /// tokio: `Sleep::reset(Instant::now() + timeout)`; .NET:
+    /// `CancellationTokenSource.CancelAfter(timeout)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::Context;
+    ///
+    /// let idle = Duration::from_secs(30);
+    /// let (conn, handle) = Context::background().with_timeout(idle);
+    /// for _chunk in 0..3 {
+    ///     // ... a read returned data: the connection is not idle ...
+    ///     assert!(handle.set_timeout(idle));
+    /// }
+    /// assert!(!conn.is_done());
+    /// assert!(handle.set_timeout(Duration::MAX)); // never, for now
+    /// assert_eq!(conn.deadline(), None);
+    /// ```
+    pub fn set_timeout(&self, timeout: Duration) -> bool {
+        self.move_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn move_deadline(&self, deadline: Option<Instant>) -> bool {
+        // SAFETY: `self.node` holds the node.
+        match unsafe { Header::as_deadline(self.node.ptr()) } {
+            Some(d) => timer_glue::set_deadline(d, deadline),
+            None => false,
+        }
     }
 
     /// Turns the handle into a guard that cancels when dropped.

@@ -152,6 +152,30 @@ pub mod __private {
         crate::node::timer_glue::fire_context(ctx.raw())
     }
 
+    /// Loom only: turns on the stand-in timer (`node::timer_glue::loom_timer`):
+    /// deadline nodes are then armed in it and [`expire_deadlines`] runs the
+    /// timer's claim step. Set before `loom::model`.
+    #[cfg(loom)]
+    pub fn loom_timer(on: bool) {
+        // Relaxed: read by the model's threads, all started after this.
+        crate::node::timer_glue::loom_timer::ON.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Loom only: the stand-in timer's poll at `now` (a pretend clock):
+    /// pops every entry armed at or before it and runs the timer's claim
+    /// step on each (fire, or re-arm a deadline that moved later), as the
+    /// timer thread does. Returns how many fired.
+    #[cfg(loom)]
+    pub fn expire_deadlines(now: std::time::Instant) -> usize {
+        crate::node::timer_glue::loom_timer::expire(now)
+    }
+
+    /// Loom only: entries armed in the stand-in timer.
+    #[cfg(loom)]
+    pub fn loom_armed_timers() -> usize {
+        crate::node::timer_glue::loom_timer::armed()
+    }
+
     /// Number of armed timer entries in the global wheel.
     #[cfg(not(loom))]
     pub fn armed_timers() -> usize {

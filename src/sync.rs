@@ -20,6 +20,11 @@ pub(crate) use loom::sync::atomic::{
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// The loom stand-in of the timer's lock (`node::timer_glue`, models of
+/// movable deadlines): loom's mutex, one per model execution.
+#[cfg(loom)]
+pub(crate) use loom::{lazy_static, sync::Mutex as LoomMutex};
+
 /// Threads, for the park/unpark of blocking waits (`node::wait`): loom's
 /// under loom, so a model explores that handshake.
 #[cfg(loom)]

@@ -11,6 +11,7 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use super::children::{ChildList, Link};
+use super::deadline_word::DeadlineWord;
 use super::raw::RawContext;
 use super::state::{Snapshot, StateWord};
 use super::{callback, wait};
@@ -95,7 +96,9 @@ pub(crate) struct CancelNode {
 #[repr(C)]
 pub(crate) struct DeadlineNode {
     pub(crate) cancel: CancelNode,
-    pub(crate) deadline: Instant,
+    /// The deadline, movable (`CancelHandle::set_deadline`); the timer's
+    /// claim sets its `FIRED` bit (`deadline_word`, invariant 10m).
+    pub(crate) deadline: DeadlineWord,
     /// The armed timer's id bits; only read or written under the wheel lock.
     pub(crate) timer: AtomicU64,
     /// The cause given to `with_deadline_cause`; taken when the node dies.

@@ -12,7 +12,8 @@
 //! - [`derive`](mod@derive): creating children; [`link`]: leaving lists;
 //!   [`cancel`]: the cancellation walk; [`callback`]: `after_func` entries;
 //!   [`values`]: values, deadlines and the Debug text; [`wait`]: waiting;
-//!   [`timer_glue`]: deadline nodes and the timer;
+//!   [`timer_glue`]: deadline nodes and the timer; [`deadline_word`]: the
+//!   movable deadline word;
 //! - [`raw`]: [`RawContext`](raw::RawContext), the handle the public types
 //!   wrap. Nothing here knows the public types.
 //!
@@ -28,6 +29,7 @@ pub(crate) mod callback;
 pub(crate) mod cancel;
 pub(crate) mod children;
 pub(crate) mod claims;
+pub(crate) mod deadline_word;
 pub(crate) mod derive;
 pub(crate) mod header;
 pub(crate) mod link;

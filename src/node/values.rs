@@ -60,22 +60,34 @@ pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
     }
 }
 
-/// The deadline in force at `h` (Go walks up the same way).
+/// The deadline in force at `h`: the earliest deadline of the deadline
+/// nodes from `h` up to the first merge (with its minimum, computed at its
+/// creation), `without_cancel` node or root. Without moves
+/// (`set_deadline`) the nearest deadline node is that minimum (Go's rule
+/// installs only earlier deadlines), as in Go; with moves, a descendant
+/// derived before its ancestor's move sees the move when it is earlier
+/// than its own deadline.
 ///
 /// # Safety
 /// The caller holds `h`.
 pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instant> {
+    let mut min: Option<Instant> = None;
+    let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
     while let Some(h) = cur {
         // SAFETY: ancestors of a held node are alive.
         match unsafe { Header::view(h) } {
-            NodeView::Deadline(d) => return Some(d.deadline),
-            NodeView::Merge(m) => return m.deadline,
-            NodeView::Detached(_) => return None,
-            // SAFETY: as above.
-            _ => cur = unsafe { h.as_ref() }.parent,
+            NodeView::Deadline(d) => min = earliest(min, d.deadline.get()),
+            NodeView::Merge(m) => return earliest(min, m.deadline),
+            NodeView::Detached(_) => return min,
+            _ => {}
         }
+        // SAFETY: as above.
+        cur = unsafe { h.as_ref() }.parent;
     }
-    None
+    min
 }
 
 /// Writes Go's `String()` of the chain ending at `node`.
@@ -108,11 +120,13 @@ pub(crate) unsafe fn describe(
         // SAFETY: alive, as above.
         match unsafe { Header::view(h) } {
             NodeView::Cancel(_) => f.write_str(".WithCancel")?,
-            NodeView::Deadline(d) => {
-                let d = d.deadline;
-                let left = d.saturating_duration_since(Instant::now());
-                write!(f, ".WithDeadline({d:?} [{left:?}])")?;
-            }
+            NodeView::Deadline(d) => match d.deadline.get() {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    write!(f, ".WithDeadline({d:?} [{left:?}])")?;
+                }
+                None => f.write_str(".WithDeadline(never)")?,
+            },
             NodeView::Value(v) => write!(f, ".WithValue({})", v.type_name)?,
             NodeView::Detached(_) => f.write_str(".WithoutCancel")?,
             NodeView::Merge(m) => {

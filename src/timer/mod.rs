@@ -7,7 +7,9 @@
 //! [`Timer`] instance and implements [`Expiry`] for deadline nodes. The
 //! edge runs one way, from the node layer to this module.
 //!
-//! Arm and disarm are O(1) wheel operations under one mutex. This mutex is
+//! Arm, disarm and re-arm (a deadline moved earlier, or found later than
+//! its entry when popped: [`Claim::Rearm`]) are O(1) wheel operations under
+//! one mutex. This mutex is
 //! the crate's only lock: it is taken by deadline nodes (arm at creation,
 //! disarm when cancelled or dropped) and the timer thread, never by
 //! deriving, cancelling or dropping nodes without a deadline, and never
@@ -26,18 +28,39 @@ use self::wheel::{TimerId, Wheel};
 /// The id bits [`Timer::arm`] never records: "no entry armed".
 pub(crate) const NONE_BITS: u64 = TimerId::NONE_BITS;
 
+/// What an [`Expiry::claim`] decided for an entry the wheel gave back.
+pub(crate) enum Claim<E, F> {
+    /// Fire it (after the lock is released).
+    Fire(F),
+    /// Its deadline moved later: insert the entry again at this instant
+    /// (under the same lock), then tell it its new id
+    /// ([`Expiry::rearmed`]).
+    Rearm(Instant, E),
+    /// Nothing to do (the entry's target is gone).
+    Skip,
+}
+
 /// What a [`Timer`] arms, and what its thread does when an entry expires.
-pub(crate) trait Expiry: Sized + Send + 'static {
-    /// What [`expired`](Expiry::expired) hands to [`fire`](Expiry::fire).
+/// `Copy`: a re-armed entry is told its new id after the wheel took it.
+pub(crate) trait Expiry: Copy + Send + 'static {
+    /// What [`claim`](Expiry::claim) hands to [`fire`](Expiry::fire).
     type Fired;
 
-    /// An entry the wheel has just given back, its deadline passed.
+    /// An entry the wheel has just given back at `now`, its armed time
+    /// passed: fire it, re-arm it later, or skip it.
     ///
     /// # Safety
     /// Called by the timer thread with the timer lock held, once per entry
     /// that was armed until this poll (never disarmed: a disarm removes the
     /// entry under the same lock).
-    unsafe fn expired(self) -> Option<Self::Fired>;
+    unsafe fn claim(self, now: Instant) -> Claim<Self, Self::Fired>;
+
+    /// The entry was re-armed (after [`Claim::Rearm`] or by
+    /// [`Timer::rearm`]) under id bits `bits`; called with the lock held.
+    ///
+    /// # Safety
+    /// As for [`claim`](Expiry::claim): the entry is armed, under the lock.
+    unsafe fn rearmed(self, bits: u64);
 
     /// Fires an expired entry, with no lock held. A panic is reported on
     /// stderr; the timer keeps serving.
@@ -114,6 +137,27 @@ impl<E: Expiry> Timer<E> {
         }
     }
 
+    /// Moves an armed entry to `when`, O(1): under the lock, `take`
+    /// returns the entry's id bits and its new instant, or `None` (not
+    /// armed: nothing happens); the entry is removed and inserted again, and
+    /// told its new id ([`Expiry::rearmed`]). Wakes the thread if `when` is
+    /// earlier than its sleep target.
+    pub(crate) fn rearm(&self, take: impl FnOnce() -> Option<(u64, Instant)>) {
+        let mut st = self.lock();
+        let Some((bits, when)) = take() else { return };
+        let Some(entry) = TimerId::from_bits(bits).and_then(|id| st.wheel.remove(id)) else {
+            return;
+        };
+        let id = st.wheel.insert(when, entry);
+        // SAFETY: armed just now, under the lock.
+        unsafe { entry.rearmed(id.to_bits()) };
+        if let Some(sleep) = st.sleeping_until {
+            if sleep.is_none_or(|s| when < s) {
+                self.wake.notify_one();
+            }
+        }
+    }
+
     /// Number of armed entries (for tests and benchmarks).
     pub(crate) fn armed(&self) -> usize {
         self.lock().wheel.len()
@@ -126,12 +170,19 @@ impl<E: Expiry> Timer<E> {
         loop {
             let mut st = self.lock();
             st.sleeping_until = None;
-            st.wheel.poll_expired(Instant::now(), &mut due);
+            let now = Instant::now();
+            st.wheel.poll_expired(now, &mut due);
             for entry in due.drain(..) {
                 // SAFETY: under the lock, and the wheel has just given the
                 // entry back: it was armed until this poll.
-                if let Some(fired) = unsafe { entry.expired() } {
-                    fire.push(fired);
+                match unsafe { entry.claim(now) } {
+                    Claim::Fire(fired) => fire.push(fired),
+                    Claim::Rearm(when, entry) => {
+                        let id = st.wheel.insert(when, entry);
+                        // SAFETY: armed just now, under the lock.
+                        unsafe { entry.rearmed(id.to_bits()) };
+                    }
+                    Claim::Skip => {}
                 }
             }
             if !fire.is_empty() {
