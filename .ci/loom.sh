@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the loom models (every test binary of loom-tests/: loom_core,
-# loom_matrix, loom_wakers, loom_retention, ...) with a preemption bound per
-# binary.
+# loom_matrix, loom_wakers, loom_retention, loom_move_deadline, ...) with a
+# preemption bound per binary.
 #
 # CI (.ci/run) runs `.ci/loom.sh ci`: loom_core at bound 4, loom_matrix at
-# 3, loom_wakers at 4, loom_retention and any other binary at 3 (CI_BOUNDS
+# 3, loom_wakers at 4, loom_move_deadline at 3, loom_retention and any other
+# binary at 3 (CI_BOUNDS
 # and CI_DEFAULT below, chosen from the times measured in
 # docs/VERIFICATION.md to keep the step under 8 min). Four loom_core models
 # cap their own bound at 3 (`model_capped` in loom-tests/src/lib.rs), whatever the
@@ -30,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Per-binary bounds of `.ci/loom.sh ci`; binaries not listed get CI_DEFAULT.
-CI_BOUNDS="core=4 matrix=3 wakers=4"
+CI_BOUNDS="core=4 matrix=3 wakers=4 move_deadline=3"
 CI_DEFAULT=3
 
 default_bound="${1:-2}"

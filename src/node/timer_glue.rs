@@ -214,13 +214,22 @@ pub(crate) fn set_deadline(node: &DeadlineNode, at: Option<Instant>) -> bool {
 fn rearm(node: &DeadlineNode) {
     #[cfg(not(loom))]
     timer().rearm(|| {
-        // Relaxed: under the lock, like every write of `timer`.
-        let bits = node.timer.load(Ordering::Relaxed);
-        let at = deadline_word::decode(node.deadline.time_bits());
-        (bits != NONE).then(|| (bits, at.unwrap_or_else(deadline_word::far)))
+        rearm_target(node).map(|(bits, at)| {
+            let at = deadline_word::decode(at).unwrap_or_else(deadline_word::far);
+            (bits, at)
+        })
     });
     #[cfg(loom)]
     loom_timer::rearm(node);
+}
+
+/// Under the timer lock: the id bits of the node's armed entry and the
+/// word to re-arm it at, or `None` if no entry is armed (shared by the
+/// timer and the loom stand-in).
+fn rearm_target(node: &DeadlineNode) -> Option<(u64, u64)> {
+    // Relaxed: under the lock, like every write of `timer`.
+    let bits = node.timer.load(Ordering::Relaxed);
+    (bits != NONE).then(|| (bits, node.deadline.time_bits()))
 }
 
 /// The deadline passed: cancel with `DeadlineExceeded` and the node's
@@ -261,7 +270,7 @@ pub(crate) fn fire_context(ctx: &RawContext) -> bool {
 pub(crate) mod loom_timer {
     use std::ptr::NonNull;
 
-    use super::{claim_step, fire, Step, NONE};
+    use super::{claim_step, fire, rearm_target, Step, NONE};
     use crate::node::deadline_word;
     use crate::node::DeadlineNode;
     use crate::sync::{LoomMutex, Ordering};
@@ -330,16 +339,16 @@ pub(crate) mod loom_timer {
 
     pub(super) fn rearm(node: &DeadlineNode) {
         let mut w = lock();
-        // Relaxed: under the lock.
-        let id = node.timer.load(Ordering::Relaxed);
-        if id == NONE {
+        let Some((id, at)) = rearm_target(node) else {
             return;
-        }
+        };
+        // As the wheel: removed and inserted again under a new id; an id
+        // no longer armed changes nothing.
         let Some(i) = w.armed.iter().position(|e| e.id == id) else {
             return;
         };
         let e = w.armed.swap_remove(i);
-        let new = w.insert(e.node, node.deadline.time_bits());
+        let new = w.insert(e.node, at);
         // Relaxed: under the lock.
         node.timer.store(new, Ordering::Relaxed);
     }
@@ -365,6 +374,7 @@ pub(crate) mod loom_timer {
                         let id = w.insert(e.node, at);
                         // SAFETY: armed, under the lock.
                         let d = unsafe { e.node.as_ref() };
+                        d.cancel.header.assert_not_freed();
                         // Relaxed: under the lock.
                         d.timer.store(id, Ordering::Relaxed);
                     }
