@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # AddressSanitizer over the race matrix (tests/races.rs), the re-entrant
 # waker cases (tests/reentrant_wakers.rs), the retention tests
-# (tests/retention.rs), the soak (tests/soak.rs) and the server soak
+# (tests/retention.rs), the movable deadlines (tests/move_deadline.rs), the
+# soak (tests/soak.rs) and the server soak
 # (tests/server_soak.rs, a real axum server on loopback).
 #
 # Builds the test binaries optimised, with debug assertions in ctxtree only
@@ -16,7 +17,8 @@
 #   2. runs the race matrix with a longer budget (CTXTREE_RACE_MS per cell,
 #      default 300, and at least CTXTREE_RACE_MIN_ROUNDS rounds, default
 #      3000), one line per cell in the log;
-#   3. runs the re-entrant waker cases and the retention tests;
+#   3. runs the re-entrant waker cases, the retention tests and the
+#      movable-deadline tests;
 #   4. runs the soak for CTXTREE_SOAK_SECS (default 30) and the server soak
 #      for CTXTREE_SERVER_SOAK_SECS (default 10).
 # Leak detection is on (LeakSanitizer at exit). Any report fails the step.
@@ -44,8 +46,9 @@ source .ci/test-binaries.sh
 # server_soak needs the axum integration.
 build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
     --features axum --test races --test reentrant_wakers --test retention --test soak \
-    --test server_soak
+    --test server_soak --test move_deadline
 races=${BIN[races]}
+move_deadline=${BIN[move_deadline]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 soak=${BIN[soak]}
@@ -68,11 +71,12 @@ echo "asan: deliberate use-after-free reported as expected (exit $status)"
 # 2. The race matrix must be clean.
 run_race_matrix asan "$races" 300 3000
 
-# 3. Re-entrant wakers and retention.
+# 3. Re-entrant wakers, retention and movable deadlines.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
-echo "asan: re-entrant wakers and retention clean in $(( $(date +%s) - t2 )) s"
+"$move_deadline"
+echo "asan: re-entrant wakers, retention and movable deadlines clean in $(( $(date +%s) - t2 )) s"
 
 # 4. The soaks.
 t3=$(date +%s)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ThreadSanitizer over the multi-thread stress tests (tests/stress.rs), the
 # race matrix (tests/races.rs), the re-entrant waker cases
-# (tests/reentrant_wakers.rs), the retention tests (tests/retention.rs) and
-# the server soak (tests/server_soak.rs).
+# (tests/reentrant_wakers.rs), the retention tests (tests/retention.rs), the
+# movable deadlines (tests/move_deadline.rs) and the server soak
+# (tests/server_soak.rs).
 #
 # Builds std with TSan (-Zbuild-std, so nightly + rust-src), runs the
 # #[ignore]d deliberate data race alone and requires TSan to report it
@@ -10,7 +11,8 @@
 # binary STRESS_RUNS times (default 3) and the race matrix once with its
 # own budget (CTXTREE_RACE_MS per cell, default 60, and at least
 # CTXTREE_RACE_MIN_ROUNDS rounds, default 1000), then the re-entrant waker
-# cases, the retention tests and the server soak (CTXTREE_SERVER_SOAK_SECS,
+# cases, the retention tests, the movable-deadline tests and the server soak
+# (CTXTREE_SERVER_SOAK_SECS,
 # default 10). ctxtree (only) is built with debug assertions, so the matrix
 # and the retention tests also check the crate's live node counts. Any TSan
 # report fails the step.
@@ -37,8 +39,9 @@ runs="${STRESS_RUNS:-3}"
 source .ci/test-binaries.sh
 build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
     --features axum --test stress --test races --test reentrant_wakers --test retention \
-    --test server_soak
+    --test server_soak --test move_deadline
 bin=${BIN[stress]}
+move_deadline=${BIN[move_deadline]}
 races=${BIN[races]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
@@ -65,9 +68,10 @@ echo "tsan: stress clean ($runs runs)"
 # 3. The race matrix must be clean.
 run_race_matrix tsan "$races" 60 1000
 
-# 4. Re-entrant wakers, retention, the server soak.
+# 4. Re-entrant wakers, retention, movable deadlines, the server soak.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
+"$move_deadline"
 CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
-echo "tsan: re-entrant wakers, retention and server soak clean in $(( $(date +%s) - t2 )) s"
+echo "tsan: re-entrant wakers, retention, movable deadlines and server soak clean in $(( $(date +%s) - t2 )) s"
