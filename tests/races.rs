@@ -157,11 +157,12 @@ fn race_matrix_reentrant_wakers() {
 #[test]
 fn the_matrix_has_the_documented_size() {
     let all = cells::product();
-    assert_eq!(all.len(), 8 * 6 * 17);
+    assert_eq!(all.len(), 8 * 6 * 19);
     let possible: Vec<_> = all.iter().filter(|c| c.impossible().is_none()).collect();
     // 27 shape × landing pairs; 10 actions (+ stop-after-func for the
-    // after-func shape's 3 landings) + 6 re-entrant ones each.
-    assert_eq!(possible.len(), 27 * 16 + 3);
+    // after-func shape's 3 landings, + the two deadline moves for the
+    // deadline shape's 5 landings) + 6 re-entrant ones each.
+    assert_eq!(possible.len(), 27 * 16 + 3 + 5 * 2);
     assert_eq!(possible.iter().filter(|c| c.reentrant()).count(), 27 * 6);
 }
 

@@ -122,7 +122,10 @@ fn move_earlier_racing_cancel_leaves_nothing_armed() {
         assert_eq!(ctx.err(), Err(Error::Canceled));
         assert_eq!(__private::loom_armed_timers(), 0, "an entry left armed");
         assert_eq!(__private::expire_deadlines(t0 + HOUR), 0);
-        assert!(!h.set_deadline(t0 + HOUR), "moved a done context's deadline");
+        assert!(
+            !h.set_deadline(t0 + HOUR),
+            "moved a done context's deadline"
+        );
     });
 }
 

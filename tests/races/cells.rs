@@ -131,6 +131,13 @@ pub enum Action {
     /// A waker registered on the target re-enters the crate when woken; A
     /// waits, then drops.
     Reenter(Reentry),
+    /// Moves N's deadline later (`set_deadline`): with the timer landing,
+    /// a little past the deadline it races (the move against the timer's
+    /// claim); else from far to farther.
+    MoveLater,
+    /// Moves N's deadline earlier, to within 200 µs from now: the timer
+    /// fires it, racing B's landing (and the drops).
+    MoveEarlier,
 }
 
 impl Shape {
@@ -190,7 +197,7 @@ impl Landing {
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 19] = [
         Action::Drop,
         Action::WatchDrop,
         Action::WaitDrop(WaitKind::Thread),
@@ -208,6 +215,8 @@ impl Action {
         Action::Reenter(Reentry::Derive),
         Action::Reenter(Reentry::Drop),
         Action::Reenter(Reentry::PollNewDone),
+        Action::MoveLater,
+        Action::MoveEarlier,
     ];
 
     fn name(self) -> &'static str {
@@ -229,6 +238,8 @@ impl Action {
             Action::Reenter(Reentry::Derive) => "waker-derives",
             Action::Reenter(Reentry::Drop) => "waker-drops",
             Action::Reenter(Reentry::PollNewDone) => "waker-polls-new-done",
+            Action::MoveLater => "move-deadline-later",
+            Action::MoveEarlier => "move-deadline-earlier",
         }
     }
 }
@@ -268,6 +279,9 @@ impl Cell {
             (s, _, Action::StopAfterFunc) if s != Shape::AfterFunc => {
                 Some("only the after-func shape has an AfterFunc to stop")
             }
+            (s, _, Action::MoveLater | Action::MoveEarlier) if s != Shape::Deadline => {
+                Some("only a deadline node has a deadline to move")
+            }
             _ => None,
         }
     }
@@ -285,6 +299,10 @@ impl Cell {
         if self.action == Action::CancelOther {
             v.push((Error::Canceled, Tag::A));
         }
+        if self.action == Action::MoveEarlier {
+            v.push((Error::DeadlineExceeded, Tag::Deadline));
+        }
+        v.dedup();
         v
     }
 }
@@ -424,6 +442,33 @@ pub struct Slot {
     wakes: AtomicUsize,
     /// Wakes of the re-entrant waker.
     reentered: AtomicUsize,
+    /// The deadline a move set (`set_deadline` returned true), timer
+    /// landing.
+    moved_to: Mutex<Option<Instant>>,
+    /// When the firing woke the move's probe ([`WakeClock`]).
+    woke_at: Mutex<Option<Instant>>,
+    /// The probe's `Done`, kept past A's drops in half the rounds of the
+    /// timer landing, so that the firing happens and its time is checked
+    /// (in the other half the node dies with A's drops, racing the move
+    /// and the timer).
+    kept: Mutex<Option<Done>>,
+}
+
+/// A task waker that records when it is first woken.
+struct WakeClock(Arc<Slot>);
+
+impl Wake for WakeClock {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut at = self
+            .0
+            .woke_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        at.get_or_insert_with(Instant::now);
+    }
 }
 
 /// A task waker that counts its wakes in a slot.
@@ -451,6 +496,8 @@ pub struct PartA {
     after: Option<AfterFunc>,
     /// What [`Action::CancelOther`] cancels.
     other: Option<CancelHandle>,
+    /// N's handle, for [`Action::MoveLater`] and [`Action::MoveEarlier`].
+    mover: Option<CancelHandle>,
     /// The `Done` registered with a re-entrant waker.
     reentrant: Option<Done>,
     slot: Arc<Slot>,
@@ -522,6 +569,7 @@ fn build(
         waiter: None,
         after: None,
         other: None,
+        mover: None,
         reentrant: None,
         slot: Arc::clone(&slot),
     };
@@ -587,6 +635,9 @@ fn build(
         } else {
             nh.clone()
         });
+    }
+    if matches!(cell.action, Action::MoveLater | Action::MoveEarlier) {
+        a.mover = Some(nh.clone());
     }
     if let Action::Reenter(op) = cell.action {
         let waker = Arc::new(Reentrant {
@@ -746,7 +797,7 @@ fn check_value(cell: Cell, ctx: &Context, round: usize) {
 /// the walk still has to do (the crash of issue 9 needed the dying
 /// thread's check of the walk count to fall just before the walker's
 /// count), so the drop must come at once or after a spread of delays.
-fn side_a(cell: Cell, a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
+fn side_a(cell: Cell, mut a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
     let deep = rng.below(4) == 0;
     let after = if rng.below(2) == 0 { 0 } else { rng.offset() };
     let order = rng.below(3);
@@ -847,6 +898,55 @@ fn side_a(cell: Cell, a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
             last
         }
         Action::Reenter(_) => Some(a.target.wait()),
+        Action::MoveLater | Action::MoveEarlier => {
+            let h = a.mover.as_ref().expect("built for a move");
+            let to = if cell.action == Action::MoveLater {
+                let current = a.target.deadline().expect("a deadline node");
+                current + Duration::from_nanos(1 + rng.below(2_000_000))
+            } else {
+                Instant::now() + Duration::from_nanos(rng.below(200_000))
+            };
+            // A probe woken by the firing: its wake time is checked
+            // against the moved deadline (`check_batch`).
+            let probe = cell.landing == Landing::Timer;
+            let mut done = a.target.done();
+            if probe {
+                let waker = Waker::from(Arc::new(WakeClock(Arc::clone(&a.slot))));
+                let _ = poll_once(&mut done, &waker);
+            }
+            let moved = h.set_deadline(to);
+            if moved && probe {
+                *a.slot
+                    .moved_to
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(to);
+            }
+            if probe && rng.below(2) == 0 {
+                *a.slot.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
+            } else {
+                a.waiter = Some(done);
+            }
+            // N has a deadline node of its own: refused only once done, or
+            // once the timer has claimed it (then it is done as soon as
+            // the firing's cancellation completes).
+            if !moved && !a.target.is_done() {
+                assert!(
+                    a.target.wait_timeout(WAIT_LIMIT).is_some(),
+                    "{cell}: set_deadline refused on a context that never became done"
+                );
+            }
+            // Never done by the timer before the moved deadline (the fire
+            // hook fires regardless of the time).
+            if moved && cell.landing != Landing::FireHook {
+                if a.target.err() == Err(Error::DeadlineExceeded) {
+                    assert!(
+                        Instant::now() >= to,
+                        "{cell}: fired before the moved deadline"
+                    );
+                }
+            }
+            None
+        }
     };
     spin(after);
     if let (Some(err), true) = (seen, deep) {
@@ -876,10 +976,12 @@ fn drop_all(a: PartA, order: u64) {
         waiter,
         after,
         other,
+        mover,
         reentrant,
         slot,
         round: _,
     } = a;
+    drop(mover);
     match order {
         0 => {
             drop(target);
@@ -938,6 +1040,27 @@ fn check_batch(cell: Cell, slots: &[Arc<Slot>], tally: &Tally) -> Result<(), Str
         let reentered = s.reentered.load(Ordering::SeqCst);
         if reentered > 1 {
             return Err(format!("case {i}: a waker re-entered {reentered} times"));
+        }
+        let lock = |m: &Mutex<Option<Instant>>| *m.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = s
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        match (lock(&s.moved_to), lock(&s.woke_at)) {
+            (Some(to), Some(woke)) if woke < to => {
+                // Not "not yet": a contract broken.
+                panic!(
+                    "{cell}: case {i} fired {:?} before the deadline it was moved to",
+                    to - woke
+                );
+            }
+            (Some(_), None) if kept => {
+                return Err(format!("case {i}: the moved deadline has not fired yet"));
+            }
+            // Checked (or nothing to check): let N die, so that its cause
+            // is dropped before the tally's check below.
+            _ => drop(s.kept.lock().unwrap_or_else(PoisonError::into_inner).take()),
         }
     }
     tally.causes.check("causes")?;
