@@ -89,6 +89,25 @@ fn move_earlier_racing_expiry_is_never_late() {
     });
 }
 
+/// Moving earlier while the old entry is already due and being claimed:
+/// it fires once, whoever wins the word, and the move's re-arm (after the
+/// claim cleared `timer`) leaves nothing armed.
+#[test]
+fn move_earlier_racing_a_due_expiry_fires_once() {
+    timer_model(|| {
+        let t0 = Instant::now() + HOUR;
+        let (ctx, h) = Context::background().with_deadline(t0);
+        let timer = thread::spawn(move || __private::expire_deadlines(t0 + MINUTE));
+        let moved = h.set_deadline(t0 - 30 * MINUTE);
+        assert_eq!(timer.join().unwrap(), 1);
+        assert_eq!(ctx.err(), Err(Error::DeadlineExceeded));
+        let want = if moved { t0 - 30 * MINUTE } else { t0 };
+        assert_eq!(ctx.deadline(), Some(want));
+        assert_eq!(__private::loom_armed_timers(), 0, "an entry left armed");
+        assert_eq!(__private::expire_deadlines(t0 + HOUR), 0, "fired twice");
+    });
+}
+
 /// Moving earlier to a time not reached yet, racing a poll: never fires
 /// before the new deadline, whichever comes first.
 #[test]
