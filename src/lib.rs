@@ -71,6 +71,8 @@
 //!   then `deadline()` may straddle a cancellation.
 //! - Deadline contexts arm and disarm their timer under the timer wheel's
 //!   mutex (O(1), never held while user code runs); that is the only lock.
+//!   Moving a deadline ([`CancelHandle::set_deadline`]) later takes no
+//!   lock (one CAS); earlier re-arms under that mutex.
 //!
 //! ## Servers and clients
 //!
