@@ -937,13 +937,14 @@ fn side_a(cell: Cell, mut a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
             }
             // Never done by the timer before the moved deadline (the fire
             // hook fires regardless of the time).
-            if moved && cell.landing != Landing::FireHook {
-                if a.target.err() == Err(Error::DeadlineExceeded) {
-                    assert!(
-                        Instant::now() >= to,
-                        "{cell}: fired before the moved deadline"
-                    );
-                }
+            if moved
+                && cell.landing != Landing::FireHook
+                && a.target.err() == Err(Error::DeadlineExceeded)
+            {
+                assert!(
+                    Instant::now() >= to,
+                    "{cell}: fired before the moved deadline"
+                );
             }
             None
         }
