@@ -176,15 +176,11 @@ impl Context {
         cause: Option<Cause>,
     ) -> (Context, CancelHandle) {
         match deadline {
-            Some(d)
-                if crate::node::deadline_word::encode(d).is_some()
-                    && self.deadline().is_none_or(|parent| d < parent) =>
-            {
+            Some(d) if self.deadline().is_none_or(|parent| d < parent) => {
                 let (raw, node) = self.raw.with_deadline(d, cause);
                 (Context::from_raw(raw), CancelHandle::new(node))
             }
-            // Unrepresentable (a `Duration::MAX` timeout, or an instant
-            // centuries away), or no earlier than the parent's: Go's rule is
+            // Unrepresentable, or no earlier than the parent's: Go's rule is
             // a plain cancellable child.
             _ => self.with_cancel(),
         }

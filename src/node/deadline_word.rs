@@ -1,14 +1,17 @@
-//! The movable deadline of a deadline node: one atomic word
-//! (`DeadlineNode::deadline`), and the only place that converts between
+//! The movable deadline of a deadline node (`DeadlineNode::deadline`): the
+//! deadline it was created with, exact and immutable, and one atomic word
+//! that says where it moved; the only place that converts between
 //! `Instant`s and words.
 //!
-//! A word is the deadline in nanoseconds since [`base`], a process-wide
-//! `Instant` set about 34 years before the first use (so that any instant a
-//! program can reasonably name is later than it), in the low 63 bits, or
-//! [`NEVER`] there; bit 63 ([`FIRED`]) is set once, by the timer's claim
-//! (a CAS, so a move racing the expiry has one winner), and never cleared.
-//! The low 63 bits cover about 292 years from the base: a later instant is
-//! "never" (see [`encode`]).
+//! The word's low 63 bits are [`UNMOVED`] (the deadline is the creation
+//! deadline: any `Instant`, reported exactly), [`NEVER`] (no deadline, after
+//! a move to `Duration::MAX` or to an instant too far to represent), or the
+//! deadline it moved to, in nanoseconds since [`base`], a process-wide
+//! `Instant` about 34 years before the first use (so the low 63 bits reach
+//! about 258 years past the first use; a move before the base is clamped to
+//! it: such a deadline has long passed). Bit 63 ([`FIRED`]) is set once, by
+//! the timer's claim, and never cleared; the time bits stay, so `deadline()`
+//! still reports the deadline after it fired.
 //!
 //! Movers ([`DeadlineWord::try_move`]) and the claim
 //! ([`DeadlineWord::claim`]) only ever CAS the word, so each move is
@@ -23,15 +26,17 @@ use std::time::{Duration, Instant};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Bit 63: the timer claimed the deadline (it fires, or fired).
-pub(crate) const FIRED: u64 = 1 << 63;
+const FIRED: u64 = 1 << 63;
 /// The low 63 bits.
 const TIME: u64 = FIRED - 1;
-/// Low bits meaning "no deadline": never fires.
-pub(crate) const NEVER: u64 = TIME;
+/// Low bits: the deadline is the creation deadline.
+const UNMOVED: u64 = TIME;
+/// Low bits: no deadline (never fires).
+const NEVER: u64 = TIME - 1;
 /// How far before the first use the base lies, at most (about 34 years).
 const BACK: Duration = Duration::from_secs(1 << 30);
 
-/// The process-wide time zero of deadline words: `BACK` before the first
+/// The process-wide time zero of moved deadlines: `BACK` before the first
 /// call (or as far back as the platform's `Instant` allows).
 fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -52,31 +57,21 @@ fn base() -> Instant {
     })
 }
 
-/// The word of `at`: nanoseconds since [`base`] (0 for an instant before
-/// it), or `None` if `at` lies too far ahead to be represented (about 258
-/// years after the first use or more): such a deadline is "never".
-pub(crate) fn encode(at: Instant) -> Option<u64> {
+/// The word of a move to `at` (`None`: never): nanoseconds since [`base`]
+/// (0 for an instant before it), or [`NEVER`] for an instant too far ahead
+/// (about 258 years after the first use or more).
+fn encode(at: Option<Instant>) -> u64 {
+    let Some(at) = at else { return NEVER };
     let since = at.saturating_duration_since(base());
-    let nanos = u64::try_from(since.as_nanos()).ok()?;
-    (nanos < NEVER).then_some(nanos)
-}
-
-/// The word of `at`, [`NEVER`] if it cannot be represented.
-pub(crate) fn encode_or_never(at: Option<Instant>) -> u64 {
-    at.and_then(encode).unwrap_or(NEVER)
-}
-
-/// The instant of a word's time bits; `None` for [`NEVER`].
-pub(crate) fn decode(word: u64) -> Option<Instant> {
-    match word & TIME {
-        NEVER => None,
-        nanos => base().checked_add(Duration::from_nanos(nanos)),
+    match u64::try_from(since.as_nanos()) {
+        Ok(nanos) if nanos < NEVER => nanos,
+        _ => NEVER,
     }
 }
 
-/// Where the timer re-arms an entry whose deadline moved to [`NEVER`]: as
-/// far as the base and the platform allow (it re-arms again when it gets
-/// there, centuries later).
+/// Where the timer re-arms an entry whose deadline is "never": as far as
+/// the base and the platform allow (it re-arms again when it gets there,
+/// centuries later).
 pub(crate) fn far() -> Instant {
     let b = base();
     b.checked_add(Duration::from_nanos(NEVER - 1))
@@ -89,8 +84,9 @@ pub(crate) fn far() -> Instant {
 pub(crate) enum Claimed {
     /// The deadline passed and this claim set `FIRED`: fire.
     Fire,
-    /// The deadline moved later than `now`: re-arm at this word.
-    Later(u64),
+    /// The deadline moved later than `now`: re-arm at this instant
+    /// (`None`: never, see [`far`]).
+    Later(Option<Instant>),
     /// Already claimed (not reached by the protocol: an entry is popped once).
     Already,
 }
@@ -109,75 +105,94 @@ pub(crate) enum Moved {
 }
 
 /// `DeadlineNode::deadline`.
-pub(crate) struct DeadlineWord(AtomicU64);
+pub(crate) struct DeadlineWord {
+    /// The deadline the node was created with (immutable).
+    created: Instant,
+    word: AtomicU64,
+}
 
 impl DeadlineWord {
-    /// A word holding `word` (from [`encode`]; never `FIRED`).
-    pub(crate) fn new(word: u64) -> DeadlineWord {
-        DeadlineWord(AtomicU64::new(word))
+    /// A deadline created at `created`, not moved.
+    pub(crate) fn new(created: Instant) -> DeadlineWord {
+        DeadlineWord {
+            created,
+            word: AtomicU64::new(UNMOVED),
+        }
+    }
+
+    /// The deadline a word's time bits mean (`None`: never).
+    fn decode(&self, word: u64) -> Option<Instant> {
+        match word & TIME {
+            UNMOVED => Some(self.created),
+            NEVER => None,
+            nanos => Some(
+                base()
+                    .checked_add(Duration::from_nanos(nanos))
+                    .unwrap_or_else(far),
+            ),
+        }
     }
 
     /// The current deadline (`None`: never), fired or not.
     pub(crate) fn get(&self) -> Option<Instant> {
-        // Relaxed: a value on its own; nothing else is read through it.
-        decode(self.0.load(Ordering::Relaxed))
+        // Relaxed: a value on its own (read under the timer lock by the
+        // re-arm, whose claim CAS is under the same lock); nothing else is
+        // read through it.
+        self.decode(self.word.load(Ordering::Relaxed))
     }
 
-    /// The current word's time bits.
-    pub(crate) fn time_bits(&self) -> u64 {
-        // Relaxed: read under the timer lock by `rearm` (the claim's CAS
-        // is under the same lock), or as a value on its own.
-        self.0.load(Ordering::Relaxed) & TIME
-    }
-
-    /// Moves the deadline to `new` (a word from [`encode_or_never`]) unless
-    /// the timer claimed it: one CAS, no lock.
-    pub(crate) fn try_move(&self, new: u64) -> Moved {
-        debug_assert_eq!(new & FIRED, 0);
+    /// Moves the deadline to `new` (`None`: never) unless the timer
+    /// claimed it: one CAS, no lock.
+    pub(crate) fn try_move(&self, new: Option<Instant>) -> Moved {
+        let word = encode(new);
+        // The instant the word means (clamped to the base, or never).
+        let new = self.decode(word);
         // Relaxed: the CAS below decides; the value only seeds it.
-        let mut cur = self.0.load(Ordering::Relaxed);
+        let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             if cur & FIRED != 0 {
                 return Moved::Fired;
             }
-            let moved = if new < cur {
-                Moved::Earlier
-            } else {
-                Moved::Later
+            let earlier = match (new, self.decode(cur)) {
+                (Some(n), Some(c)) => n < c,
+                (Some(_), None) => true,
+                (None, _) => false,
             };
             // Relaxed on both sides: the word is its own synchronisation
-            // (all accesses are RMWs on it, so they are totally ordered and
-            // a move is either before the claim's CAS, which then reads it,
-            // or after, and fails on `FIRED`); the node's memory is kept
-            // valid by the caller's reference, not by this word.
+            // (all writes are RMWs on it, so they are totally ordered and a
+            // move is either before the claim's CAS, which then fails and
+            // re-reads it, or after, and fails on `FIRED`); the node's memory
+            // is kept valid by the caller's reference, not by this word.
             match self
-                .0
-                .compare_exchange(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+                .word
+                .compare_exchange(cur, word, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => return moved,
+                Ok(_) if earlier => return Moved::Earlier,
+                Ok(_) => return Moved::Later,
                 Err(actual) => cur = actual,
             }
         }
     }
 
-    /// The timer's claim, once it has popped the entry at `now` (a word):
-    /// sets `FIRED` if the deadline has passed, else reports where the
-    /// deadline moved. Never fires before the current deadline: the CAS
-    /// fails if a move changed the word since it was read.
-    pub(crate) fn claim(&self, now: u64) -> Claimed {
+    /// The timer's claim, once it has popped the entry at `now`: sets
+    /// `FIRED` if the deadline has passed, else reports where the deadline
+    /// moved. Never fires before the current deadline: the CAS fails if a
+    /// move changed the word since it was read.
+    pub(crate) fn claim(&self, now: Instant) -> Claimed {
         // Relaxed: the CAS below decides.
-        let mut cur = self.0.load(Ordering::Relaxed);
+        let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             if cur & FIRED != 0 {
                 return Claimed::Already;
             }
-            if cur > now {
-                return Claimed::Later(cur);
+            match self.decode(cur) {
+                Some(at) if at <= now => {}
+                later => return Claimed::Later(later),
             }
             // Relaxed: see `try_move`; the node is kept valid by the timer
             // lock and then by the reference `try_acquire` takes.
             match self
-                .0
+                .word
                 .compare_exchange(cur, cur | FIRED, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Claimed::Fire,
@@ -194,37 +209,49 @@ mod tests {
     #[test]
     fn round_trips_exactly() {
         let now = Instant::now();
+        let w = DeadlineWord::new(now);
+        assert_eq!(w.get(), Some(now));
         for at in [
             now,
             now + Duration::from_nanos(1),
             now + Duration::from_secs(3600),
         ] {
-            assert_eq!(decode(encode(at).unwrap()), Some(at));
+            w.try_move(Some(at));
+            assert_eq!(w.get(), Some(at));
         }
-        assert_eq!(decode(NEVER), None);
-        assert_eq!(decode(NEVER | FIRED), None);
+        w.try_move(None);
+        assert_eq!(w.get(), None);
     }
 
     #[test]
-    fn far_instants_are_never() {
+    fn far_instants_are_never_once_moved() {
         let now = Instant::now();
-        if let Some(far) = now.checked_add(Duration::from_secs(300 * 365 * 24 * 3600)) {
-            assert_eq!(encode(far), None);
+        if let Some(far_away) = now.checked_add(Duration::from_secs(300 * 365 * 24 * 3600)) {
+            // Created there: reported exactly.
+            let w = DeadlineWord::new(far_away);
+            assert_eq!(w.get(), Some(far_away));
+            // Moved there: never.
+            assert_eq!(w.try_move(Some(far_away)), Moved::Later);
+            assert_eq!(w.get(), None);
         }
-        assert_eq!(encode_or_never(None), NEVER);
         assert!(far() > now);
     }
 
     #[test]
     fn claim_and_move_have_one_winner() {
-        let w = DeadlineWord::new(100);
-        assert_eq!(w.claim(50), Claimed::Later(100));
-        assert_eq!(w.try_move(200), Moved::Later);
-        assert_eq!(w.claim(150), Claimed::Later(200));
-        assert_eq!(w.try_move(120), Moved::Earlier);
-        assert_eq!(w.claim(150), Claimed::Fire);
-        assert_eq!(w.try_move(500), Moved::Fired);
-        assert_eq!(w.claim(1000), Claimed::Already);
-        assert_eq!(w.time_bits(), 120);
+        let t = Instant::now() + Duration::from_secs(100);
+        let at = |s: u64| t + Duration::from_secs(s);
+        let w = DeadlineWord::new(at(100));
+        assert_eq!(w.claim(at(50)), Claimed::Later(Some(at(100))));
+        assert_eq!(w.try_move(Some(at(200))), Moved::Later);
+        assert_eq!(w.claim(at(150)), Claimed::Later(Some(at(200))));
+        assert_eq!(w.try_move(Some(at(120))), Moved::Earlier);
+        assert_eq!(w.try_move(None), Moved::Later);
+        assert_eq!(w.claim(at(150)), Claimed::Later(None));
+        assert_eq!(w.try_move(Some(at(120))), Moved::Earlier);
+        assert_eq!(w.claim(at(150)), Claimed::Fire);
+        assert_eq!(w.try_move(Some(at(500))), Moved::Fired);
+        assert_eq!(w.claim(at(1000)), Claimed::Already);
+        assert_eq!(w.get(), Some(at(120)));
     }
 }

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use super::children::ChildList;
-use super::deadline_word::{self, DeadlineWord};
+use super::deadline_word::DeadlineWord;
 use super::raw::RawContext;
 use super::state::Snapshot;
 use super::{
@@ -149,8 +149,7 @@ pub(crate) fn with_deadline(
     }
     let node = DeadlineNode {
         cancel: CancelNode::new(header, initial),
-        // The caller checked that the deadline is representable.
-        deadline: DeadlineWord::new(deadline_word::encode_or_never(Some(deadline))),
+        deadline: DeadlineWord::new(deadline),
         timer: crate::sync::AtomicU64::new(timer_glue::NONE),
         cause: UnsafeCell::new(cause),
     };

@@ -50,7 +50,6 @@ impl crate::timer::Expiry for Armed {
     type Fired = (NonNull<DeadlineNode>, NodeRef);
 
     unsafe fn claim(self, now: Instant) -> Claim<Self, Self::Fired> {
-        let now = deadline_word::encode(now).unwrap_or(deadline_word::NEVER - 1);
         // SAFETY: the caller's contract (under the lock, armed until this
         // poll) is `claim_step`'s.
         match unsafe { claim_step(self.0, now) } {
@@ -87,8 +86,7 @@ enum Step {
     Skip,
 }
 
-/// The timer's claim step on an entry it has just popped at `now` (a
-/// deadline word), shared by the timer thread and the loom stand-in: a CAS
+/// The timer's claim step on an entry it has just popped at `now`, shared by the timer thread and the loom stand-in: a CAS
 /// on the deadline word sets `FIRED` if the deadline has passed, else the
 /// entry is re-armed where the deadline moved (invariant 10m). Only on
 /// `Fire` does it `try_acquire` the node (a dead node is skipped), and on
@@ -96,7 +94,7 @@ enum Step {
 ///
 /// # Safety
 /// Under the timer lock, `node`'s entry was armed until this poll.
-unsafe fn claim_step(node: NonNull<DeadlineNode>, now: u64) -> Step {
+unsafe fn claim_step(node: NonNull<DeadlineNode>, now: Instant) -> Step {
     // The entry was armed until this poll and its `timer` field still
     // holds the id, so a dying node takes the lock in `disarm` before it
     // can be freed (invariant 10).
@@ -105,9 +103,7 @@ unsafe fn claim_step(node: NonNull<DeadlineNode>, now: u64) -> Step {
     let d = unsafe { node.as_ref() };
     d.cancel.header.assert_not_freed();
     let held = match d.deadline.claim(now) {
-        Claimed::Later(at) => {
-            return Step::Rearm(deadline_word::decode(at).unwrap_or_else(deadline_word::far))
-        }
+        Claimed::Later(at) => return Step::Rearm(at.unwrap_or_else(deadline_word::far)),
         // SAFETY: valid, as above. A dead node is skipped (its deadline
         // is claimed all the same: nobody can move it any more).
         Claimed::Fire => unsafe { NodeRef::try_acquire(node.cast()) },
@@ -138,8 +134,7 @@ pub(crate) fn armed() -> usize {
 pub(crate) fn arm(node: &DeadlineNode) {
     #[cfg(not(loom))]
     {
-        let at = node.deadline.get().unwrap_or_else(deadline_word::far);
-        timer().arm(at, Armed(NonNull::from(node)), |bits| {
+        timer().arm(armed_at(node), Armed(NonNull::from(node)), |bits| {
             // Relaxed: written and read under the lock (the unlocked read in
             // `disarm` is a hint only).
             node.timer.store(bits, Ordering::Relaxed);
@@ -198,7 +193,7 @@ pub(crate) fn set_deadline(node: &DeadlineNode, at: Option<Instant>) -> bool {
     if node.cancel.state.load().is_done() {
         return false;
     }
-    match node.deadline.try_move(deadline_word::encode_or_never(at)) {
+    match node.deadline.try_move(at) {
         Moved::Fired => false,
         Moved::Later => true,
         Moved::Earlier => {
@@ -213,23 +208,23 @@ pub(crate) fn set_deadline(node: &DeadlineNode, at: Option<Instant>) -> bool {
 /// it, or a cancel or the death disarmed it, and must not be undone).
 fn rearm(node: &DeadlineNode) {
     #[cfg(not(loom))]
-    timer().rearm(|| {
-        rearm_target(node).map(|(bits, at)| {
-            let at = deadline_word::decode(at).unwrap_or_else(deadline_word::far);
-            (bits, at)
-        })
-    });
+    timer().rearm(|| rearm_target(node));
     #[cfg(loom)]
     loom_timer::rearm(node);
 }
 
 /// Under the timer lock: the id bits of the node's armed entry and the
-/// word to re-arm it at, or `None` if no entry is armed (shared by the
+/// instant to re-arm it at, or `None` if no entry is armed (shared by the
 /// timer and the loom stand-in).
-fn rearm_target(node: &DeadlineNode) -> Option<(u64, u64)> {
+fn rearm_target(node: &DeadlineNode) -> Option<(u64, Instant)> {
     // Relaxed: under the lock, like every write of `timer`.
     let bits = node.timer.load(Ordering::Relaxed);
-    (bits != NONE).then(|| (bits, node.deadline.time_bits()))
+    (bits != NONE).then(|| (bits, armed_at(node)))
+}
+
+/// Where the node's entry is armed for its current deadline.
+fn armed_at(node: &DeadlineNode) -> Instant {
+    node.deadline.get().unwrap_or_else(deadline_word::far)
 }
 
 /// The deadline passed: cancel with `DeadlineExceeded` and the node's
@@ -270,8 +265,9 @@ pub(crate) fn fire_context(ctx: &RawContext) -> bool {
 pub(crate) mod loom_timer {
     use std::ptr::NonNull;
 
-    use super::{claim_step, fire, rearm_target, Step, NONE};
-    use crate::node::deadline_word;
+    use std::time::Instant;
+
+    use super::{armed_at, claim_step, fire, rearm_target, Step, NONE};
     use crate::node::DeadlineNode;
     use crate::sync::{LoomMutex, Ordering};
 
@@ -282,11 +278,11 @@ pub(crate) mod loom_timer {
         ON.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// An armed entry: its id, its node, its time (a deadline word).
+    /// An armed entry: its id, its node, its time.
     struct Entry {
         id: u64,
         node: NonNull<DeadlineNode>,
-        at: u64,
+        at: Instant,
     }
 
     #[derive(Default)]
@@ -315,7 +311,7 @@ pub(crate) mod loom_timer {
     }
 
     impl Wheel {
-        fn insert(&mut self, node: NonNull<DeadlineNode>, at: u64) -> u64 {
+        fn insert(&mut self, node: NonNull<DeadlineNode>, at: Instant) -> u64 {
             let id = self.next_id;
             self.next_id += 1;
             self.armed.push(Entry { id, node, at });
@@ -325,7 +321,7 @@ pub(crate) mod loom_timer {
 
     pub(super) fn arm(node: &DeadlineNode) {
         let mut w = lock();
-        let id = w.insert(NonNull::from(node), node.deadline.time_bits());
+        let id = w.insert(NonNull::from(node), armed_at(node));
         // Relaxed: under the lock.
         node.timer.store(id, Ordering::Relaxed);
     }
@@ -356,8 +352,7 @@ pub(crate) mod loom_timer {
     /// The timer's poll at `now`: pops every entry armed at or before it,
     /// runs the claim step on each under the lock, then fires the winners
     /// with the lock released. Returns how many fired.
-    pub(crate) fn expire(now: std::time::Instant) -> usize {
-        let now = deadline_word::encode(now).unwrap_or(deadline_word::NEVER - 1);
+    pub(crate) fn expire(now: Instant) -> usize {
         let mut fired = Vec::new();
         {
             let mut w = lock();
@@ -370,7 +365,6 @@ pub(crate) mod loom_timer {
                 match unsafe { claim_step(e.node, now) } {
                     Step::Fire(held) => fired.push((e.node, held)),
                     Step::Rearm(at) => {
-                        let at = deadline_word::encode(at).unwrap_or(deadline_word::NEVER);
                         let id = w.insert(e.node, at);
                         // SAFETY: armed, under the lock.
                         let d = unsafe { e.node.as_ref() };
