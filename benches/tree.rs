@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks: W1, W1_2t, W2, W3, W4, W10, W11 and the
+//! Criterion micro-benchmarks: W1, W1_2t, W2, W3, W4, W10, W10m, W11 and the
 //! physical limits L_atomic_load, L_alloc_1cas, L_alloc_3cas.
 //!
 //! Every workload is a criterion group named after the workload; the
@@ -337,6 +337,31 @@ fn w11(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- W10m: moving a deadline ---------------------------------------------
+
+/// `set_timeout` on a live deadline context, every iteration: `later`
+/// moves it later each time (one CAS, the idle-timeout pattern);
+/// `earlier_later` alternates 20 s and 30 s, so every other move is earlier
+/// (a re-arm under the timer lock).
+fn w10m(c: &mut Criterion) {
+    let mut g = c.benchmark_group("W10m_move_deadline");
+    let (ctx, h) = Context::background().with_timeout(Duration::from_secs(30));
+    g.bench_function("later", |b| {
+        b.iter(|| black_box(&h).set_timeout(Duration::from_secs(30)))
+    });
+    let mut flip = false;
+    g.bench_function("earlier_later", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let secs = if flip { 20 } else { 30 };
+            black_box(&h).set_timeout(Duration::from_secs(secs))
+        })
+    });
+    assert!(!ctx.is_done());
+    h.cancel();
+    g.finish();
+}
+
 // ---- Limits ---------------------------------------------------------------
 
 fn limits(c: &mut Criterion) {
@@ -390,6 +415,6 @@ fn limits(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = limits, w1, w2_w3, w4, w10, w11
+    targets = limits, w1, w2_w3, w4, w10, w10m, w11
 }
 criterion_main!(benches);

@@ -116,9 +116,17 @@ impl CancelHandle {
     ///   not earlier than the parent's (or was `Duration::MAX`): Go's rule
     ///   then makes a plain cancellable child that follows the parent's
     ///   deadline, and there is nothing of its own to move;
-    /// - the context is already done (cancelled, or its deadline fired: a
+    /// - the context is already done, or its deadline has just expired: a
     ///   move racing the expiry either wins, and the context fires at the
-    ///   new deadline, or loses and returns `false`).
+    ///   new deadline (never before it), or loses and returns `false` (the
+    ///   timer has claimed the deadline; the context is done as soon as
+    ///   the firing's cancellation completes, moments later).
+    ///
+    /// Deadlines so far ahead that they cannot be represented (about 258
+    /// years after the process's first deadline use, or `Duration::MAX`
+    /// in [`set_timeout`](Self::set_timeout)) mean "never": the context
+    /// then reports no deadline of its own and does not fire until moved
+    /// again.
     ///
     /// Moving later is one atomic compare-and-swap (no lock); moving
     /// earlier also re-arms the timer entry (O(1), under the timer's lock).

@@ -20,7 +20,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 const GENEROUS: Duration = Duration::from_secs(10);
 const WATCHDOG_SECS: u64 = 60;
 
-/// Tests that count armed timers run one at a time.
+/// One test at a time: some count the process's armed timers, and the
+/// timing checks are fairer on a quiet timer.
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
@@ -38,6 +39,7 @@ fn wait_fired(ctx: &Context) -> Instant {
 
 #[test]
 fn moving_later_delays_firing() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (ctx, h) = Context::background().with_timeout(Duration::from_millis(30));
         let new = Instant::now() + Duration::from_millis(300);
@@ -53,6 +55,7 @@ fn moving_later_delays_firing() {
 
 #[test]
 fn moving_earlier_advances_firing() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (ctx, h) = Context::background().with_timeout(HOUR);
         let (child, _c) = ctx.with_cancel();
@@ -66,6 +69,7 @@ fn moving_earlier_advances_firing() {
 
 #[test]
 fn moving_to_the_past_fires_at_once() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (ctx, h) = Context::background().with_timeout_cause(HOUR, "idle");
         assert!(h.set_deadline(Instant::now()));
@@ -76,6 +80,7 @@ fn moving_to_the_past_fires_at_once() {
 
 #[test]
 fn returns_false_once_done() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let later = Instant::now() + HOUR;
         // Cancelled.
@@ -106,6 +111,7 @@ fn returns_false_once_done() {
 
 #[test]
 fn returns_false_without_a_deadline_of_its_own() {
+    let _serial = serial();
     let later = Instant::now() + HOUR;
     let (_c, h) = Context::background().with_cancel();
     assert!(!h.set_deadline(later));
@@ -131,6 +137,7 @@ fn returns_false_without_a_deadline_of_its_own() {
 
 #[test]
 fn descendants_report_the_earliest_deadline_up_to_a_merge() {
+    let _serial = serial();
     let now = Instant::now();
     let (d1, d2) = (now + HOUR, now + 2 * HOUR);
     let (parent, h) = Context::background().with_deadline(d2);
@@ -173,6 +180,7 @@ fn descendants_report_the_earliest_deadline_up_to_a_merge() {
 
 #[test]
 fn a_childs_own_deadline_fires_even_if_the_parent_moves_later() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (parent, h) = Context::background().with_timeout(Duration::from_millis(200));
         let (child, _c) = parent.with_timeout(Duration::from_millis(100));
@@ -185,6 +193,7 @@ fn a_childs_own_deadline_fires_even_if_the_parent_moves_later() {
 
 #[test]
 fn moving_the_parent_earlier_cancels_a_child_with_a_later_own_deadline() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (parent, h) = Context::background().with_timeout_cause(HOUR, "parent");
         let (child, _c) = parent.with_timeout_cause(HOUR / 2, "child");
@@ -196,6 +205,7 @@ fn moving_the_parent_earlier_cancels_a_child_with_a_later_own_deadline() {
 
 #[test]
 fn never_does_not_fire_or_panic() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         let (ctx, h) = Context::background().with_timeout(Duration::from_millis(20));
         assert!(h.set_timeout(Duration::MAX));
@@ -252,6 +262,7 @@ fn idle_timeout_moved_on_every_read() {
 /// deadline of the last move that returned `true`.
 #[test]
 fn concurrent_moves_never_fire_before_the_current_deadline() {
+    let _serial = serial();
     with_watchdog(WATCHDOG_SECS, || {
         const N: usize = 300;
         struct Case {

@@ -36,6 +36,20 @@ const NEVER: u64 = TIME - 1;
 /// How far before the first use the base lies, at most (about 34 years).
 const BACK: Duration = Duration::from_secs(1 << 30);
 
+/// Set (for good) by the first move in the process. Until then every
+/// deadline node's deadline is the one it was created with, and Go's rule
+/// (a deadline node only below a later deadline) makes the nearest one the
+/// earliest: `deadline()` can stop there, as before moves existed.
+static MOVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether any deadline was ever moved in this process.
+pub(crate) fn any_moved() -> bool {
+    // Relaxed: a move that happens before a `deadline()` call stored the
+    // flag before its CAS, so the call's load sees it (coherence); with a
+    // concurrent move, either answer is one a reader could get anyway.
+    MOVED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The process-wide time zero of moved deadlines: `BACK` before the first
 /// call (or as far back as the platform's `Instant` allows).
 fn base() -> Instant {
@@ -144,6 +158,10 @@ impl DeadlineWord {
     /// Moves the deadline to `new` (`None`: never) unless the timer
     /// claimed it: one CAS, no lock.
     pub(crate) fn try_move(&self, new: Option<Instant>) -> Moved {
+        if !any_moved() {
+            // Relaxed: see `any_moved`.
+            MOVED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let word = encode(new);
         // The instant the word means (clamped to the base, or never).
         let new = self.decode(word);

@@ -10,6 +10,7 @@ use std::fmt::{self, Write};
 use std::ptr::NonNull;
 use std::time::Instant;
 
+use super::deadline_word;
 use super::header::NodeView;
 use super::{Header, Kind, FLAG_TODO};
 
@@ -66,7 +67,8 @@ pub(crate) unsafe fn lookup<'a, T: Any + Send + Sync>(
 /// (`set_deadline`) the nearest deadline node is that minimum (Go's rule
 /// installs only earlier deadlines), as in Go; with moves, a descendant
 /// derived before its ancestor's move sees the move when it is earlier
-/// than its own deadline.
+/// than its own deadline. Until the first move in the process the walk
+/// stops at the nearest deadline node, as before moves existed.
 ///
 /// # Safety
 /// The caller holds `h`.
@@ -79,7 +81,13 @@ pub(crate) unsafe fn deadline(mut cur: Option<NonNull<Header>>) -> Option<Instan
     while let Some(h) = cur {
         // SAFETY: ancestors of a held node are alive.
         match unsafe { Header::view(h) } {
-            NodeView::Deadline(d) => min = earliest(min, d.deadline.get()),
+            NodeView::Deadline(d) => {
+                min = earliest(min, d.deadline.get());
+                if !deadline_word::any_moved() {
+                    // No deadline ever moved: the nearest is the earliest.
+                    return min;
+                }
+            }
             NodeView::Merge(m) => return earliest(min, m.deadline),
             NodeView::Detached(_) => return min,
             _ => {}
