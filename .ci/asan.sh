@@ -44,12 +44,13 @@ source .ci/test-binaries.sh
 # server_soak needs the axum integration.
 build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
     --features axum --test races --test reentrant_wakers --test retention --test soak \
-    --test server_soak
+    --test server_soak --test firing
 races=${BIN[races]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 soak=${BIN[soak]}
 server_soak=${BIN[server_soak]}
+firing=${BIN[firing]}
 echo "asan: built in $(( $(date +%s) - t0 )) s"
 
 # 1. The sanitizer must be on: the deliberate use-after-free has to be
@@ -68,11 +69,12 @@ echo "asan: deliberate use-after-free reported as expected (exit $status)"
 # 2. The race matrix must be clean.
 run_race_matrix asan "$races" 300 3000
 
-# 3. Re-entrant wakers and retention.
+# 3. Re-entrant wakers, retention and the firing pool.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
-echo "asan: re-entrant wakers and retention clean in $(( $(date +%s) - t2 )) s"
+"$firing"
+echo "asan: re-entrant wakers, retention and firing clean in $(( $(date +%s) - t2 )) s"
 
 # 4. The soaks.
 t3=$(date +%s)

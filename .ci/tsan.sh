@@ -37,12 +37,13 @@ runs="${STRESS_RUNS:-3}"
 source .ci/test-binaries.sh
 build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
     --features axum --test stress --test races --test reentrant_wakers --test retention \
-    --test server_soak
+    --test server_soak --test firing
 bin=${BIN[stress]}
 races=${BIN[races]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 server_soak=${BIN[server_soak]}
+firing=${BIN[firing]}
 
 # 1. The sanitizer must be on: the deliberate race has to be reported.
 set +e
@@ -65,9 +66,10 @@ echo "tsan: stress clean ($runs runs)"
 # 3. The race matrix must be clean.
 run_race_matrix tsan "$races" 60 1000
 
-# 4. Re-entrant wakers, retention, the server soak.
+# 4. Re-entrant wakers, retention, the firing pool, the server soak.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
+"$firing"
 CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
-echo "tsan: re-entrant wakers, retention and server soak clean in $(( $(date +%s) - t2 )) s"
+echo "tsan: re-entrant wakers, retention, firing and server soak clean in $(( $(date +%s) - t2 )) s"

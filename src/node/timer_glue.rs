@@ -32,11 +32,21 @@ struct Armed(NonNull<DeadlineNode>);
 #[cfg(not(loom))]
 unsafe impl Send for Armed {}
 
+/// An expired deadline node, acquired by the timer thread, on its way to a
+/// firing thread.
+#[cfg(not(loom))]
+pub(crate) struct Expired(NonNull<DeadlineNode>, NodeRef);
+
+// SAFETY: the pointer is only dereferenced while the `NodeRef` next to it
+// keeps the node alive, and nodes are designed to be shared across threads.
+#[cfg(not(loom))]
+unsafe impl Send for Expired {}
+
 #[cfg(not(loom))]
 impl crate::timer::Expiry for Armed {
-    type Fired = (NonNull<DeadlineNode>, NodeRef);
+    type Fired = Expired;
 
-    unsafe fn expired(self) -> Option<Self::Fired> {
+    unsafe fn expired(self) -> Option<Expired> {
         let node = self.0;
         // The entry was armed until this poll and its `timer` field still
         // holds the id, so a dying node takes the lock in `disarm` before it
@@ -50,12 +60,24 @@ impl crate::timer::Expiry for Armed {
         // NONE skips the lock and may free the node, so every access we make
         // without a reference happens before this store.
         d.timer.store(NONE, Ordering::Release);
-        held.map(|held| (node, held))
+        held.map(|held| Expired(node, held))
     }
+}
 
-    fn fire((node, held): Self::Fired) {
+#[cfg(not(loom))]
+impl crate::timer::firing::Job for Expired {
+    fn run(self) {
+        let Expired(node, held) = self;
         // SAFETY: `held` keeps the node alive.
         unsafe { fire(node, held) }
+    }
+
+    fn idle() {
+        // This thread dropped the last reference to some of the nodes it
+        // fired: hand their deferred frees to the epoch and their blocks
+        // back to the allocator before sleeping, possibly for good.
+        crate::sync::pin().flush();
+        super::cache::flush();
     }
 }
 
