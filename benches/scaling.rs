@@ -131,14 +131,33 @@ struct Parents {
     cx: [(Context, CancelHandle); 2],
     tok: [CancellationToken; 2],
     mp: [(mutex_port::Ctx, mutex_port::CancelFn); 2],
+    /// Allocations made between the parents and kept alive, so that two
+    /// private parents never share a cache line (false sharing would make
+    /// the private shape look shared).
+    _gaps: Vec<Box<[u8; 256]>>,
 }
 
 impl Parents {
     fn new() -> Parents {
+        let mut gaps = Vec::new();
+        let mut gap = || gaps.push(Box::new([0u8; 256]));
+        let cx0 = Context::background().with_cancel();
+        gap();
+        let cx1 = Context::background().with_cancel();
+        gap();
+        let tok0 = CancellationToken::new();
+        gap();
+        let tok1 = CancellationToken::new();
+        gap();
+        let mp0 = mutex_port::Ctx::background().with_cancel();
+        gap();
+        let mp1 = mutex_port::Ctx::background().with_cancel();
+        gap();
         Parents {
-            cx: [0, 1].map(|_| Context::background().with_cancel()),
-            tok: [0, 1].map(|_| CancellationToken::new()),
-            mp: [0, 1].map(|_| mutex_port::Ctx::background().with_cancel()),
+            cx: [cx0, cx1],
+            tok: [tok0, tok1],
+            mp: [mp0, mp1],
+            _gaps: gaps,
         }
     }
 }
