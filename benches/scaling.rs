@@ -134,13 +134,13 @@ struct Parents {
     /// Allocations made between the parents and kept alive, so that two
     /// private parents never share a cache line (false sharing would make
     /// the private shape look shared).
-    _gaps: Vec<Box<[u8; 256]>>,
+    _gaps: Vec<Vec<u8>>,
 }
 
 impl Parents {
     fn new() -> Parents {
         let mut gaps = Vec::new();
-        let mut gap = || gaps.push(Box::new([0u8; 256]));
+        let mut gap = || gaps.push(vec![0u8; 256]);
         let cx0 = Context::background().with_cancel();
         gap();
         let cx1 = Context::background().with_cancel();
