@@ -46,13 +46,14 @@ source .ci/test-binaries.sh
 # server_soak needs the axum integration.
 build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
     --features axum --test races --test reentrant_wakers --test retention --test soak \
-    --test server_soak --test move_deadline
+    --test server_soak --test firing --test move_deadline
 races=${BIN[races]}
 move_deadline=${BIN[move_deadline]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 soak=${BIN[soak]}
 server_soak=${BIN[server_soak]}
+firing=${BIN[firing]}
 echo "asan: built in $(( $(date +%s) - t0 )) s"
 
 # 1. The sanitizer must be on: the deliberate use-after-free has to be
@@ -71,12 +72,13 @@ echo "asan: deliberate use-after-free reported as expected (exit $status)"
 # 2. The race matrix must be clean.
 run_race_matrix asan "$races" 300 3000
 
-# 3. Re-entrant wakers, retention and movable deadlines.
+# 3. Re-entrant wakers, retention, the firing pool and movable deadlines.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
+"$firing"
 "$move_deadline"
-echo "asan: re-entrant wakers, retention and movable deadlines clean in $(( $(date +%s) - t2 )) s"
+echo "asan: re-entrant wakers, retention, firing and movable deadlines clean in $(( $(date +%s) - t2 )) s"
 
 # 4. The soaks.
 t3=$(date +%s)

@@ -39,13 +39,14 @@ runs="${STRESS_RUNS:-3}"
 source .ci/test-binaries.sh
 build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
     --features axum --test stress --test races --test reentrant_wakers --test retention \
-    --test server_soak --test move_deadline
+    --test server_soak --test firing --test move_deadline
 bin=${BIN[stress]}
 move_deadline=${BIN[move_deadline]}
 races=${BIN[races]}
 reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 server_soak=${BIN[server_soak]}
+firing=${BIN[firing]}
 
 # 1. The sanitizer must be on: the deliberate race has to be reported.
 set +e
@@ -68,10 +69,12 @@ echo "tsan: stress clean ($runs runs)"
 # 3. The race matrix must be clean.
 run_race_matrix tsan "$races" 60 1000
 
-# 4. Re-entrant wakers, retention, movable deadlines, the server soak.
+# 4. Re-entrant wakers, retention, the firing pool, movable deadlines, the
+# server soak.
 t2=$(date +%s)
 "$reentrant"
 "$retention" --test-threads=1
+"$firing"
 "$move_deadline"
 CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
-echo "tsan: re-entrant wakers, retention, movable deadlines and server soak clean in $(( $(date +%s) - t2 )) s"
+echo "tsan: re-entrant wakers, retention, firing, movable deadlines and server soak clean in $(( $(date +%s) - t2 )) s"

@@ -1,7 +1,8 @@
 //! Workloads that criterion's per-iteration model does not fit: large
 //! one-shot structures (W5 fan-out, W6 deep chains), latency distributions
-//! (W7) and wake-all times (W8), with their physical limits
-//! (L_park_unpark, L_tokio_wake_1000).
+//! (W7, and W7_async with an async waiter) and wake-all times (W8), with
+//! their physical limits (L_park_unpark, L_park_unpark_async,
+//! L_block_on_wake, L_tokio_wake_1000).
 //!
 //! Each workload is repeated and summarised (median, p10/p90, p99) into
 //! `<target>/ctxtree-bench/bulk.jsonl` (see `support::results_dir`).
@@ -318,6 +319,63 @@ fn w7() {
     record(FILE, "L_park_unpark", "limit", "ns", stats(&lat[3]));
 }
 
+// ---- W7 async: the waiter is a thread in `block_on(done())` ------------------
+
+/// W7 with an async waiter, as a user meets it: a thread parked in
+/// `futures::executor::block_on(ctx.done())` (tokio-util:
+/// `block_on(cancelled())`; mutex port: `block_on(done())`), woken by the
+/// cancel on the main thread. Floors measured in the same rounds: the bare
+/// `park`/`unpark` pair of W7 (`L_park_unpark_async`) and `block_on` of a
+/// bare flag-and-waker future (`L_block_on_wake`).
+fn w7_async() {
+    use futures::executor::block_on;
+    let rounds = reps(1500, 150);
+    let mut lat: [Vec<f64>; 5] = Default::default();
+    let (cx_parent, _hp) = Context::background().with_cancel();
+    let tok_parent = CancellationToken::new();
+    let (mp_parent, _hmp) = mutex_port::Ctx::background().with_cancel();
+    for _ in 0..rounds {
+        let (ctx, h) = cx_parent.with_cancel();
+        lat[0].push(wake_round(
+            move || {
+                black_box(block_on(ctx.done()));
+            },
+            |_| h.cancel(),
+        ));
+
+        let tok = tok_parent.child_token();
+        let t2 = tok.clone();
+        lat[1].push(wake_round(
+            move || block_on(t2.cancelled()),
+            |_| tok.cancel(),
+        ));
+
+        let (ctx, h) = mp_parent.with_cancel();
+        lat[2].push(wake_round(
+            move || {
+                black_box(block_on(ctx.done()));
+            },
+            |_| h.cancel(),
+        ));
+
+        let (wait, wake) = bare_park_pair();
+        lat[3].push(wake_round(wait, wake));
+
+        let bare = Arc::new(Bare::default());
+        let b2 = bare.clone();
+        lat[4].push(wake_round(
+            move || block_on(BareWait(b2, false)),
+            |_| bare.fire(),
+        ));
+    }
+    let row = "W7_wake_latency_async";
+    record(FILE, row, "ctxtree", "ns", stats(&lat[0]));
+    record(FILE, row, "tokio-util", "ns", stats(&lat[1]));
+    record(FILE, row, "mutex-port", "ns", stats(&lat[2]));
+    record(FILE, "L_park_unpark_async", "limit", "ns", stats(&lat[3]));
+    record(FILE, "L_block_on_wake", "limit", "ns", stats(&lat[4]));
+}
+
 // ---- W8: wake 1,000 tasks ---------------------------------------------------
 
 /// One round on a current-thread runtime: spawn `TASKS` tasks awaiting
@@ -384,10 +442,15 @@ fn main() {
     }
     // `cargo bench -- <filter>`: run only the workloads whose name contains
     // one of the arguments (cargo passes `--bench`, ignored).
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<String> = args
+        .iter()
         .filter(|a| !a.starts_with("--"))
+        .cloned()
         .collect();
+    // `--exact`: a filter names one workload (the suite's child processes:
+    // `W7_wake_latency` must not also run `W7_wake_latency_async`).
+    let exact = args.iter().any(|a| a == "--exact");
     if filters.is_empty() {
         // The whole suite: each workload in a process of its own, so that
         // none inherits another's heap. W8 allocates per task (tokio's
@@ -400,17 +463,26 @@ fn main() {
             "W5_fanout_cancel",
             "W6_deep_chain",
             "W7_wake_latency",
+            "W7_wake_latency_async",
             "W8_wake_many",
         ] {
             let status = std::process::Command::new(&exe)
-                .arg(workload)
+                .args([workload, "--exact"])
                 .status()
                 .expect("run a bench child process");
             assert!(status.success(), "{workload}: {status}");
         }
         return;
     }
-    let want = |name: &str| filters.iter().any(|f| name.contains(f.as_str()));
+    let want = |name: &str| {
+        filters.iter().any(|f| {
+            if exact {
+                name == f
+            } else {
+                name.contains(f.as_str())
+            }
+        })
+    };
     if want("W5_fanout_cancel") {
         w5();
     }
@@ -419,6 +491,9 @@ fn main() {
     }
     if want("W7_wake_latency") || want("L_park_unpark") {
         w7();
+    }
+    if want("W7_wake_latency_async") || want("L_park_unpark_async") || want("L_block_on_wake") {
+        w7_async();
     }
     if want("W8_wake_many") || want("L_tokio_wake_1000") {
         w8();

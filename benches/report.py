@@ -59,6 +59,8 @@ ROWS = [
     ("W6_deep_chain/1M_on_256KiB", "pass/fail", None),
     ("W7_wake_latency", "ns (median)", "L_park_unpark"),
     ("W7_wake_latency/p99", "ns (p99)", "L_park_unpark/p99"),
+    ("W7_wake_latency_async", "ns (median)", "L_park_unpark_async"),
+    ("W7_wake_latency_async/p99", "ns (p99)", "L_park_unpark_async/p99"),
     ("W8_wake_many", "ns", "L_tokio_wake_1000"),
     ("W9_memory/bytes", "heap B/child", None),
     ("W9_memory/allocs", "allocs/child", None),
@@ -70,7 +72,25 @@ ROWS = [
     ("W11_value_depth/1000", "ns/lookup", None),
 ]
 
-LIMITS = ["L_atomic_load", "L_alloc_1cas", "L_alloc_3cas", "L_park_unpark", "L_tokio_wake_1000"]
+LIMITS = ["L_atomic_load", "L_alloc_1cas", "L_alloc_3cas", "L_park_unpark", "L_park_unpark_async",
+          "L_block_on_wake", "L_tokio_wake_1000"]
+
+# benches/scaling.rs (issues 11 and 12). Bounds are the issues' targets,
+# not measurements.
+SCALING_OPS = [
+    ("cancel_drop", "derive (`with_cancel` / `child_token`), cancel, drop"),
+    ("drop", "derive, drop uncancelled"),
+    ("timeout_cancel_drop", "`with_timeout(30 s)`, cancel, drop (tokio-util: see below)"),
+]
+SCALING_IMPLS = ["ctxtree", "tokio-util", "mutex-port"]
+SHARED_VS_PRIVATE_MIN = 0.9   # issue 11: shared ÷ private throughput, 2 threads
+TIMER_SPEEDUP_MIN = 0.9       # issue 12: timeout speed-up ÷ derive+cancel+drop speed-up
+PROBE_FREE = 1.8              # probe below this: the two threads were not both running
+LATENESS_BOUND_MS = 5         # issue 12: "within a few ms"
+LATENESS_ROWS = [
+    ("T_lateness/plain", "no slow callbacks"),
+    ("T_lateness/slow_callbacks_1pct", "1 % of the deadlines with a 300 ms `after_func`"),
+]
 
 # Two-thread rows: reported with their spread (p10-p90 of the samples).
 NOISY = {"W1_check_2t", "W4_contended_2t"}
@@ -114,7 +134,7 @@ def load_criterion(target):
 
 def load_jsonl(results):
     rows = []
-    for name in ["bulk", "memory", "layer", "go"]:
+    for name in ["bulk", "memory", "layer", "scaling", "go"]:
         p = results / f"{name}.jsonl"
         if not p.exists():
             continue
@@ -126,7 +146,8 @@ def load_jsonl(results):
     # p99 of latency rows as rows of their own
     extra = []
     for r in rows:
-        if r["workload"] in ("W7_wake_latency", "L_park_unpark") and "p99" in r:
+        if r["workload"] in ("W7_wake_latency", "L_park_unpark", "W7_wake_latency_async",
+                             "L_park_unpark_async", "L_block_on_wake") and "p99" in r:
             extra.append(dict(r, workload=r["workload"] + "/p99", median=r["p99"]))
     return rows + extra
 
@@ -187,6 +208,10 @@ def targets(get):
                 None if m is None else m["passed"]))
     t("W7_wake_latency", "median ≤ 1.2× park/unpark", c("W7_wake_latency"),
       1.2 * (lim("L_park_unpark") or float("nan")))
+    t("W7_wake_latency_async", "median ≤ 1.2× park/unpark (same rounds)", c("W7_wake_latency_async"),
+      1.2 * (lim("L_park_unpark_async") or float("nan")))
+    t("W7_wake_latency_async", "median ≤ tokio-util's (same rounds)", c("W7_wake_latency_async"),
+      peer("W7_wake_latency_async", "tokio-util"))
     t("W8_wake_many", "≤ 1.3× bare tokio wake of 1,000 tasks", c("W8_wake_many"),
       1.3 * (lim("L_tokio_wake_1000") or float("nan")))
     t("W9_memory/bytes", "≤ 64 B per live child", c("W9_memory/bytes"), 64)
@@ -231,6 +256,114 @@ def layer_section(get):
         ok = None if lhs is None or rhs is None else lhs <= rhs
         verdict = "–" if ok is None else ("yes" if ok else f"**no** ({lhs / rhs:.2f}×)")
         out.append(f"| ≤ tower TimeoutLayer | {c} | {fmt(lhs)} | {fmt(rhs)} | {verdict} |")
+    out.append("")
+    return out
+
+
+def fmt_ratio(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    return f"{v:,.0f} ms" if abs(v) >= 100 else f"{v:.2f} ms"
+
+
+def scaling_section(get):
+    """benches/scaling.rs: the parallelism probe, the 1- and 2-thread rows,
+    the timer lateness rows and the targets of issues 11 and 12, or []."""
+    med = lambda w, i: (get(w, i) or {}).get("median")  # noqa: E731
+    ns_op = lambda op, shape, i: med(f"S_scaling/{op}/{shape}", i)  # noqa: E731
+    has_s = any(ns_op(op, "1t", i) is not None for op, _ in SCALING_OPS for i in SCALING_IMPLS)
+    has_t = any(get(row, "ctxtree") for row, _ in LATENESS_ROWS)
+    if not has_s and not has_t:
+        return []
+
+    def div(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    before, after = med("P_parallelism/before", "machine"), med("P_parallelism/after", "machine")
+    probes = [p for p in (before, after) if p is not None]
+    parallel = bool(probes) and min(probes) >= PROBE_FREE
+    probe_txt = f"{fmt_ratio(before)} before / {fmt_ratio(after)} after"
+    out = []
+    targets_rows = []  # (issue, target, measured text, bound text, ok, needs both vCPUs)
+
+    if has_s:
+        out += ["### Scaling with a second core (issues 11 and 12)", "",
+                "Aggregate ns per operation (wall time of all threads ÷ all operations; lower is better), "
+                "median of the repetitions; the implementations take turns inside each repetition. "
+                "Speed-up = ns/op on 1 thread ÷ ns/op on 2 threads (2.00× is perfect scaling); "
+                "shared ÷ private = throughput on one shared parent ÷ throughput on private parents.", "",
+                f"**Parallelism probe** (`P_parallelism`: 2 × time of a spin loop on 1 thread ÷ time of "
+                f"the same loop on 2 threads at once; 2.00× = both vCPUs free, 1.00× = time-sliced): "
+                f"**{probe_txt}** the scaling rows.", ""]
+        if not probes:
+            out += ["> No parallelism probe in this run: the 2-thread rows cannot be judged.", ""]
+        elif not parallel:
+            out += [f"> ⚠ The probe fell below {PROBE_FREE:.1f}×: the two threads did not have two free "
+                    "vCPUs for the whole run, so the 2-thread rows and their verdicts are not reliable.", ""]
+        out += ["| operation | impl | 1 thread | 2 threads, private parents | 2 threads, one shared parent "
+                "| shared ÷ private throughput | speed-up, private | speed-up, shared | probe before / after |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for op, desc in SCALING_OPS:
+            for i in SCALING_IMPLS:
+                one, priv, shar = (ns_op(op, sh, i) for sh in ("1t", "2t_private", "2t_shared"))
+                if one is None and priv is None and shar is None:
+                    continue
+                out.append(f"| {op}: {desc} | {i} | {fmt(one)} | {fmt(priv)} | {fmt(shar)} | "
+                           f"{fmt_ratio(div(priv, shar))} | {fmt_ratio(div(one, priv))} | "
+                           f"{fmt_ratio(div(one, shar))} | {probe_txt} |")
+        out += ["",
+                "tokio-util has no deadlines: its `timeout_cancel_drop` row is a child token plus a "
+                "`tokio::time::Sleep` of 30 s armed in the timer of a 2-worker multi-thread runtime "
+                "(entered from the bench threads, polled once, dropped after the cancel). It measures "
+                "the arm and disarm of tokio's sharded timer next to a token, not a token cancelled by "
+                "its timer (W10's tokio-util row spawns a task for that); the bench threads are not "
+                "runtime workers, so tokio picks a timer shard at random for each sleep.", ""]
+        for op in ("cancel_drop", "drop"):
+            r = div(ns_op(op, "2t_private", "ctxtree"), ns_op(op, "2t_shared", "ctxtree"))
+            targets_rows.append(("11", f"`{op}`: shared ÷ private throughput (2 threads)", fmt_ratio(r),
+                                 f"≥ {SHARED_VS_PRIVATE_MIN:.2f}×",
+                                 None if r is None else r >= SHARED_VS_PRIVATE_MIN, True))
+        for shape, label in (("2t_private", "private parents"), ("2t_shared", "one shared parent")):
+            sp_t = div(ns_op("timeout_cancel_drop", "1t", "ctxtree"), ns_op("timeout_cancel_drop", shape, "ctxtree"))
+            sp_c = div(ns_op("cancel_drop", "1t", "ctxtree"), ns_op("cancel_drop", shape, "ctxtree"))
+            bound = None if sp_c is None else TIMER_SPEEDUP_MIN * sp_c
+            targets_rows.append(("12", f"`timeout_cancel_drop` 2-thread speed-up, {label}, ≥ "
+                                 f"{TIMER_SPEEDUP_MIN:.1f}× that of `cancel_drop` ({fmt_ratio(sp_c)})",
+                                 fmt_ratio(sp_t), f"≥ {fmt_ratio(bound)}",
+                                 None if sp_t is None or bound is None else sp_t >= bound, True))
+
+    if has_t:
+        out += ["### Timer lateness (issue 12)", "",
+                "10,000 ctxtree deadlines (quick mode: 1,000) spread evenly over 1 s (quick mode: "
+                "200 ms), created with `with_timeout` from `background()` in a shuffled order; lateness = when the context's `after_func` ran minus "
+                "its `deadline()`. In the slow variant every 100th context carries instead an "
+                "`after_func` that sleeps 300 ms, and the row is the lateness of the others: where "
+                "expiry runs callbacks on the timer thread, they wait for the slow ones.", "",
+                "| variant | deadlines measured | p50 | p90 | p99 | max |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for row, desc in LATENESS_ROWS:
+            r = get(row, "ctxtree")
+            if not r:
+                continue
+            out.append(f"| `{row}`: {desc} | {r.get('n', '–')} | {fmt_ms(r.get('median'))} | "
+                       f"{fmt_ms(r.get('p90'))} | {fmt_ms(r.get('p99'))} | {fmt_ms(r.get('max'))} |")
+            p99 = r.get("p99")
+            targets_rows.append(("12", f"`{row}` p99 lateness within a few ms", fmt_ms(p99),
+                                 f"≤ {LATENESS_BOUND_MS} ms", None if p99 is None else p99 <= LATENESS_BOUND_MS,
+                                 False))
+        out.append("")
+
+    out += ["| issue | target (ctxtree) | measured | bound | met |", "|---|---|---:|---:|---|"]
+    for issue, desc, measured, bound, ok, two_threads in targets_rows:
+        verdict = "–" if ok is None else ("met" if ok else "**missed**")
+        if two_threads and ok is not None and not parallel:
+            verdict = (f"not judged: probe {probe_txt}, not both vCPUs free "
+                       f"(figures would give {'met' if ok else 'missed'})")
+        out.append(f"| {issue} | {desc} | {measured} | {bound} | {verdict} |")
     out.append("")
     return out
 
@@ -312,8 +445,12 @@ benches/run.sh --quick    # CI smoke run: checks that every bench builds and
                           # target/bench/ctxtree-bench/docs/, docs/ is untouched
 CTXTREE_BENCH_QUICK=1 cargo bench   # the Rust benches alone, quick mode
 cargo bench --bench tree -- W2_child_cancel    # one criterion group
-cargo bench --bench bulk -- W7_wake_latency    # one bulk workload
+cargo bench --bench bulk -- W7_wake_latency --exact
+                          # one bulk workload (without --exact: every
+                          # workload whose name contains the argument)
 cargo bench --bench layer                      # the server layer's cost
+cargo bench --bench scaling                    # 1 vs 2 threads, timer lateness
+cargo bench --bench scaling -- T_lateness      # only the lateness rows
 python3 benches/report.py --from docs/bench/results.json
                           # re-render the documents from the stored results
 ```
@@ -369,6 +506,7 @@ clock; everything else is set up outside it.
 | `W6_deep_chain` | a chain of 10,000: build, cancel the root, drop | ns per level; median of 25 runs |
 | `W6_deep_chain/1M_on_256KiB` | build, cancel and drop a chain of 1,000,000 on a thread with a 256 KiB stack | in a child process per implementation, so a stack overflow is a recorded failure. Go: `debug.SetMaxStack(256 KiB)` |
 | `W7_wake_latency` | one thread blocked in `wait()` (tokio-util: `block_on(cancelled())`; mutex port: `Condvar`); from just before `cancel()` to just after the waiter returns | the waiter signals it is about to block, the canceller then sleeps 300 µs so the waiter is parked in the kernel; 1,500 rounds; median and p99 |
+| `W7_wake_latency_async` | W7 with an async waiter: a thread parked in `futures::executor::block_on(ctx.done())` (tokio-util: `block_on(cancelled())`; mutex port: `block_on(done())`); from just before `cancel()` to just after `block_on` returns | own process; floors in the same rounds: `L_park_unpark_async` (W7's bare park/unpark) and `L_block_on_wake` (`block_on` of a bare flag-and-waker future); 1,500 rounds; median and p99 |
 | `W8_wake_many` | 1,000 tokio tasks (current-thread runtime) awaiting `done()`; from just before `cancel()` to the completion of the last task | every task is registered before the cancel; 300 rounds |
 | `W9_memory` | heap bytes and allocations per live cancellable child (100,000 children kept alive) | counting global allocator in its own binary (`benches/memory.rs`), requested sizes (malloc's own chunk overhead not included, for anyone); epoch garbage flushed before each reading; the handles' inline size is a separate row. Go: `runtime.MemStats` after GC (size-class bytes) |
 | `W10_timeout_cancel` | `with_timeout(30 s)`, cancel, drop: a timer armed and disarmed | tokio-util has no deadlines: the idiomatic equivalent is a child token plus a spawned task `select!`ing on `tokio::time::sleep(30 s)` and `cancelled()`; the task is polled once (the sleep armed) before the cancel and awaited after it |
@@ -376,6 +514,10 @@ clock; everything else is set up outside it.
 | `L_atomic_load` | one `Acquire` load through `black_box` in criterion's loop | floor for W1 |
 | `L_alloc_1cas`, `L_alloc_3cas` | one 64-byte `Box` allocation, 1 or 3 uncontended compare-exchanges on a shared word, one free | floor for W3 (alloc + link) and W2 (alloc + link + state + unlink) |
 | `L_park_unpark` | W7's protocol with a bare flag and `thread::park`/`unpark` (futex) | floor for W7 |
+| `L_park_unpark_async`, `L_block_on_wake` | the same bare park/unpark, and `block_on` of a bare flag + `Mutex<Vec<Waker>>` future, in the rounds of `W7_wake_latency_async` | floors for W7 async |
+| `P_parallelism/before`, `/after` | `benches/scaling.rs`: a spin loop (no memory traffic) on 1 thread, then on 2 threads at once | 2 × t(1 thread) ÷ t(2 threads): 2.0 = both vCPUs free, 1.0 = time-sliced; measured before and after the `S_scaling` rows; 7 pairs, median |
+| `S_scaling/<op>/<shape>` | `benches/scaling.rs`: op `cancel_drop` (derive a cancellable child, cancel, drop), `drop` (derive, drop), `timeout_cancel_drop` (`with_timeout(30 s)`, cancel, drop) on shape `1t`, `2t_private` (2 threads, a parent each) or `2t_shared` (2 threads, one parent) | aggregate ns/op (wall time ÷ all operations), 200,000 operations per thread, median of 9 repetitions with the implementations interleaved; tokio-util's timeout row is a token plus a tokio `Sleep` armed and disarmed (see the scaling section) |
+| `T_lateness/plain`, `T_lateness/slow_callbacks_1pct` | `benches/scaling.rs`: 10,000 ctxtree deadlines spread over 1 s, each with an `after_func` recording when it ran; the slow variant gives 1 % of them a 300 ms `after_func` instead | lateness (run time − `deadline()`) of the recording contexts, ms: p50, p90, p99, max |
 | `L_tokio_wake_1000` | W8's protocol with a bare flag and a `Mutex<Vec<Waker>>` | floor for W8 |
 | server layer (`benches/layer.rs`) | one request through a service, cloned and `oneshot` per request as axum does, on a current-thread tokio runtime: bare `service_fn`, `ServerLayer` without and with a deadline cap (and `abort_on_deadline`), tower's and tower-http's `TimeoutLayer` | two columns: the handler answers at once, or after yielding once; cases interleaved round by round; median over 31 rounds of 20,000 requests, ns per request |
 
@@ -467,6 +609,8 @@ MISS_NOTES = {
     "W5_fanout_cancel/cancel": "one walk of the children list, one state CAS per child",
     "W7_wake_latency": "the cancel's and event-listener's CPU work inside the window; depends on the "
                        "machine's state (see above)",
+    "W7_wake_latency_async": "the cancel's and event-listener's CPU work inside the window, plus the "
+                             "waker's round trip through `block_on`; depends on the machine's state",
     "W8_wake_many": "per-task allocations and the heap's state (see above)",
     "W10_timeout_cancel": "the timer's mutex on arm and disarm",
 }
@@ -560,6 +704,7 @@ def results_section(meta, get):
         lines.append(f"| {row} | {desc} | {fmt(lhs)} | {fmt(rhs)} | {verdict} |")
     lines.append("")
     lines += layer_section(get)
+    lines += scaling_section(get)
     lines.append("### Charts")
     lines.append("")
     return lines

@@ -9,7 +9,7 @@
 #                            dir, docs/ left untouched
 #
 # Rust benches (criterion: benches/tree.rs; custom: bulk.rs, memory.rs,
-# layer.rs),
+# layer.rs, scaling.rs),
 # then Go's context (benches/go/run.sh; skipped with a message if Go cannot
 # be installed), then benches/report.py.
 set -euo pipefail
@@ -39,7 +39,7 @@ json.dump({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cp
 PY
 echo "load average at start: $(load)"
 
-cargo bench --bench tree --bench bulk --bench memory --bench layer
+cargo bench --bench tree --bench bulk --bench memory --bench layer --bench scaling
 
 bash benches/go/run.sh || echo "benches/go: skipped (run.sh failed)"
 

@@ -178,11 +178,11 @@ fn wait_and_cancel(request: &Context, cancel: CancelHandle, targets: [(&str, &Co
     );
 }
 
-/// Step 6: a 50 ms deadline fired by the crate's timer thread.
+/// Step 6: a 50 ms deadline fired by the crate's timer.
 fn short_deadline() {
     section(
         "6. a deadline",
-        "the ctxtree-timer thread fires it; nobody polls",
+        "the ctxtree-timer thread sees it pass, a ctxtree-fire thread cancels; nobody polls",
     );
     let start = Instant::now();
     let budget = Duration::from_millis(50);

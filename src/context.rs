@@ -240,8 +240,10 @@ impl Context {
     /// Runs `f` once, after this context is done, unless
     /// [`AfterFunc::stop`] wins first. If the context is already done, `f`
     /// runs at once on this thread; otherwise on the thread that completes
-    /// the cancellation (or the timer thread), synchronously, with nothing
-    /// internal held.
+    /// the cancellation, synchronously, with nothing internal held. For a
+    /// deadline expiry that is a `ctxtree-fire` thread of the crate's
+    /// firing pool (never the timer thread, so a slow callback delays no
+    /// other deadline).
     ///
     /// Go equivalent: `context.AfterFunc(ctx, f)` (which runs `f` in a new
     /// goroutine).

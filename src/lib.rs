@@ -61,18 +61,25 @@
 //! - A context nothing can observe any more is unlinked and freed, with its
 //!   timer: forgetting to cancel never leaks. Values and causes are dropped
 //!   as soon as the last handle that can reach them is.
-//! - Deadlines fire from one lazily started timer thread (`ctxtree-timer`).
+//! - Deadlines are watched by one lazily started timer thread
+//!   (`ctxtree-timer`); the cancellations they cause run on a small pool of
+//!   firing threads (`ctxtree-fire`), so no callback can make another
+//!   deadline late.
 //!
 //! ## Trade-offs and caveats
 //!
 //! - `after_func` callbacks run synchronously inside the `cancel()` that
 //!   completes the cancellation (Go starts a goroutine): keep them short.
+//!   When a deadline expires, that `cancel()` runs on a `ctxtree-fire`
+//!   thread; a callback that blocks there holds one firing thread, never
+//!   the timer (another firing thread starts after 1 ms of no progress).
 //! - Reading several properties is not one atomic snapshot: `is_done()`
 //!   then `deadline()` may straddle a cancellation.
 //! - Deadline contexts arm and disarm their timer under the timer wheel's
-//!   mutex (O(1), never held while user code runs); that is the only lock.
-//!   Moving a deadline ([`CancelHandle::set_deadline`]) later takes no
-//!   lock (one CAS); earlier re-arms under that mutex.
+//!   mutex (O(1), never held while user code runs); that and the firing
+//!   pool's queue (taken by the timer and firing threads only) are the only
+//!   locks. Moving a deadline ([`CancelHandle::set_deadline`]) later takes
+//!   no lock (one CAS); earlier re-arms under the timer mutex.
 //!
 //! ## Servers and clients
 //!
@@ -123,6 +130,12 @@ mod node;
 mod sync;
 #[cfg(not(loom))]
 mod timer;
+/// Under loom only the firing pool is modelled (the wheel and its thread use
+/// real time).
+#[cfg(loom)]
+mod timer {
+    pub(crate) mod firing;
+}
 
 #[cfg(not(loom))]
 pub mod group;
@@ -226,6 +239,51 @@ pub mod __private {
     #[cfg(any(loom, debug_assertions))]
     pub fn live_nodes() -> isize {
         live_claims()
+    }
+
+    /// Loom only: the timer's firing pool over boxed closures, for
+    /// `loom-tests/tests/loom_firing.rs`.
+    #[cfg(loom)]
+    pub struct FiringPool(crate::timer::firing::Firing<FiringJob>);
+
+    /// Loom only: a job of [`FiringPool`].
+    #[cfg(loom)]
+    pub struct FiringJob(Box<dyn FnOnce() + Send>);
+
+    #[cfg(loom)]
+    impl crate::timer::firing::Job for FiringJob {
+        fn run(self) {
+            (self.0)()
+        }
+
+        fn idle() {}
+    }
+
+    #[cfg(loom)]
+    impl FiringPool {
+        /// An empty pool (no worker yet).
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            FiringPool(crate::timer::firing::Firing::new())
+        }
+
+        /// Queues `job` as expired at `now_us` (what the timer thread does).
+        pub fn submit(&self, now_us: u64, job: impl FnOnce() + Send + 'static) {
+            self.0.submit(now_us, [FiringJob(Box::new(job))]);
+        }
+
+        /// The timer thread's stall rule at `now_us`; true if jobs are queued.
+        pub fn check_stall(&self, now_us: u64) -> bool {
+            self.0.check_stall(now_us)
+        }
+
+        /// Makes the workers exit once the queue is empty.
+        pub fn close(&self) {
+            self.0.close()
+        }
+
+        /// The stall period, in µs.
+        pub const STALL_US: u64 = crate::timer::firing::STALL_US;
     }
 
     /// Size in bytes of a `with_cancel` node.

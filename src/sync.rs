@@ -32,6 +32,13 @@ pub(crate) use loom::thread;
 #[cfg(not(loom))]
 pub(crate) use std::thread;
 
+// The timer's firing pool (`timer::firing`), modelled under loom: its shared
+// queue and the workers' sleep.
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
 /// The store-buffering handshake of a list push and a cancel: one thread
 /// does a SeqCst read-modify-write of word X then a SeqCst load of word Y,
 /// the other the same with X and Y swapped; at least one load sees the

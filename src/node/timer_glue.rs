@@ -45,15 +45,25 @@ struct Armed(NonNull<DeadlineNode>);
 #[cfg(not(loom))]
 unsafe impl Send for Armed {}
 
+/// An expired deadline node, acquired by the timer thread, on its way to a
+/// firing thread.
+#[cfg(not(loom))]
+pub(crate) struct Expired(NonNull<DeadlineNode>, NodeRef);
+
+// SAFETY: the pointer is only dereferenced while the `NodeRef` next to it
+// keeps the node alive, and nodes are designed to be shared across threads.
+#[cfg(not(loom))]
+unsafe impl Send for Expired {}
+
 #[cfg(not(loom))]
 impl crate::timer::Expiry for Armed {
-    type Fired = (NonNull<DeadlineNode>, NodeRef);
+    type Fired = Expired;
 
     unsafe fn claim(self, now: Instant) -> Claim<Self, Self::Fired> {
         // SAFETY: the caller's contract (under the lock, armed until this
         // poll) is `claim_step`'s.
         match unsafe { claim_step(self.0, now) } {
-            Step::Fire(held) => Claim::Fire((self.0, held)),
+            Step::Fire(held) => Claim::Fire(Expired(self.0, held)),
             Step::Rearm(at) => Claim::Rearm(at, self),
             Step::Skip => Claim::Skip,
         }
@@ -66,10 +76,22 @@ impl crate::timer::Expiry for Armed {
         // Relaxed: written and read under the lock.
         d.timer.store(bits, Ordering::Relaxed);
     }
+}
 
-    fn fire((node, held): Self::Fired) {
+#[cfg(not(loom))]
+impl crate::timer::firing::Job for Expired {
+    fn run(self) {
+        let Expired(node, held) = self;
         // SAFETY: `held` keeps the node alive.
         unsafe { fire(node, held) }
+    }
+
+    fn idle() {
+        // This thread dropped the last reference to some of the nodes it
+        // fired: hand their deferred frees to the epoch and their blocks
+        // back to the allocator before sleeping, possibly for good.
+        crate::sync::pin().flush();
+        super::cache::flush();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The crate-global timer service: one thread named `ctxtree-timer`,
 //! started by the first entry that needs it and never otherwise, sleeping on
-//! a condition variable until the wheel's next expiry.
+//! a condition variable until the wheel's next expiry, and the firing pool
+//! (`ctxtree-fire` threads, [`firing`]) that runs what expires.
 //!
 //! The service is generic over what it arms ([`Expiry`]) and knows nothing
 //! of the context tree: the deadline glue (`node::timer_glue`) owns the one
@@ -9,20 +10,24 @@
 //!
 //! Arm, disarm and re-arm (a deadline moved earlier, or found later than
 //! its entry when popped: [`Claim::Rearm`]) are O(1) wheel operations under
-//! one mutex. This mutex is
-//! the crate's only lock: it is taken by deadline nodes (arm at creation,
-//! disarm when cancelled or dropped) and the timer thread, never by
-//! deriving, cancelling or dropping nodes without a deadline, and never
-//! while user code runs. Firing runs after the lock is released; a panic in
-//! it (a callback or waker that a deadline cancellation runs) is reported on
-//! stderr and the thread keeps serving.
+//! one mutex, taken by deadline nodes (arm at creation, disarm when
+//! cancelled or dropped, re-arm when moved earlier) and the timer thread,
+//! never by deriving, cancelling or dropping nodes without a deadline, and
+//! never while user code runs. The timer thread only pops expired entries
+//! and hands them to the firing pool: the cancellations they start (and
+//! the `after_func` callbacks and wakers those run) execute on
+//! `ctxtree-fire` threads, so a slow or blocking callback can delay neither
+//! the timer nor an unrelated deadline (the pool's stall rule starts another
+//! worker when the ones it has are stuck). The timer lock and the pool's
+//! queue lock are never held together.
 
+pub(crate) mod firing;
 mod wheel;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use self::firing::{Firing, Job, STALL_US};
 use self::wheel::{TimerId, Wheel};
 
 /// The id bits [`Timer::arm`] never records: "no entry armed".
@@ -30,7 +35,7 @@ pub(crate) const NONE_BITS: u64 = TimerId::NONE_BITS;
 
 /// What an [`Expiry::claim`] decided for an entry the wheel gave back.
 pub(crate) enum Claim<E, F> {
-    /// Fire it (after the lock is released).
+    /// Fire it: handed to the firing pool (after the lock is released).
     Fire(F),
     /// Its deadline moved later: insert the entry again at this instant
     /// (under the same lock), then tell it its new id
@@ -43,8 +48,9 @@ pub(crate) enum Claim<E, F> {
 /// What a [`Timer`] arms, and what its thread does when an entry expires.
 /// `Copy`: a re-armed entry is told its new id after the wheel took it.
 pub(crate) trait Expiry: Copy + Send + 'static {
-    /// What [`claim`](Expiry::claim) hands to [`fire`](Expiry::fire).
-    type Fired;
+    /// What [`claim`](Expiry::claim) hands to the firing pool, which
+    /// [`run`](Job::run)s it on a `ctxtree-fire` thread.
+    type Fired: Job;
 
     /// An entry the wheel has just given back at `now`, its armed time
     /// passed: fire it, re-arm it later, or skip it.
@@ -61,10 +67,6 @@ pub(crate) trait Expiry: Copy + Send + 'static {
     /// # Safety
     /// As for [`claim`](Expiry::claim): the entry is armed, under the lock.
     unsafe fn rearmed(self, bits: u64);
-
-    /// Fires an expired entry, with no lock held. A panic is reported on
-    /// stderr; the timer keeps serving.
-    fn fire(fired: Self::Fired);
 }
 
 struct State<E> {
@@ -77,9 +79,13 @@ struct State<E> {
 }
 
 /// A timer wheel behind the lock, and the thread that serves it.
-pub(crate) struct Timer<E> {
+pub(crate) struct Timer<E: Expiry> {
     state: Mutex<State<E>>,
     wake: Condvar,
+    /// Runs what expires (`ctxtree-fire` threads).
+    firing: Firing<E::Fired>,
+    /// The origin of the firing pool's microsecond clock.
+    base: Instant,
 }
 
 impl<E: Expiry> Timer<E> {
@@ -92,7 +98,14 @@ impl<E: Expiry> Timer<E> {
                 started: false,
             }),
             wake: Condvar::new(),
+            firing: Firing::new(),
+            base: Instant::now(),
         }
+    }
+
+    /// `now` on the firing pool's clock (µs since the timer was made).
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_micros()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<E>> {
@@ -163,20 +176,23 @@ impl<E: Expiry> Timer<E> {
         self.lock().wheel.len()
     }
 
-    /// The timer thread.
+    /// The timer thread: pops expired entries, hands them to the firing
+    /// pool, and applies the pool's stall rule; it never runs them itself.
     fn run(&'static self) {
         let mut due: Vec<E> = Vec::new();
-        let mut fire: Vec<E::Fired> = Vec::new();
+        let mut fired: Vec<E::Fired> = Vec::new();
         loop {
+            let now = Instant::now();
+            // Before taking the timer lock: the two locks are never nested.
+            let pending = self.firing.check_stall(self.micros(now));
             let mut st = self.lock();
             st.sleeping_until = None;
-            let now = Instant::now();
             st.wheel.poll_expired(now, &mut due);
             for entry in due.drain(..) {
                 // SAFETY: under the lock, and the wheel has just given the
                 // entry back: it was armed until this poll.
                 match unsafe { entry.claim(now) } {
-                    Claim::Fire(fired) => fire.push(fired),
+                    Claim::Fire(f) => fired.push(f),
                     Claim::Rearm(when, entry) => {
                         let id = st.wheel.insert(when, entry);
                         // SAFETY: armed just now, under the lock.
@@ -185,29 +201,21 @@ impl<E: Expiry> Timer<E> {
                     Claim::Skip => {}
                 }
             }
-            if !fire.is_empty() {
+            if !fired.is_empty() {
                 drop(st);
-                for fired in fire.drain(..) {
-                    let result = catch_unwind(AssertUnwindSafe(|| E::fire(fired)));
-                    if let Err(panic) = result {
-                        let msg = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "<non-string panic>".into());
-                        eprintln!(
-                            "ctxtree-timer: a callback or waker panicked during a deadline \
-                             cancellation (the cancellation completed): {msg}"
-                        );
-                    }
-                }
+                self.firing.submit(self.micros(now), fired.drain(..));
                 continue;
             }
-            let next = if st.wheel.is_empty() {
+            let mut next = if st.wheel.is_empty() {
                 None
             } else {
                 st.wheel.next_expiry()
             };
+            if pending {
+                // Queued jobs not yet taken: look again within a stall period.
+                let check = now + Duration::from_micros(STALL_US);
+                next = Some(next.map_or(check, |n| n.min(check)));
+            }
             st.sleeping_until = Some(next);
             drop(match next {
                 None => self.wake.wait(st).unwrap_or_else(PoisonError::into_inner),

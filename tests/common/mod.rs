@@ -344,13 +344,14 @@ pub mod counting {
     }
 }
 
-/// Runs `ctxtree::__private::flush_epoch()` on the crate's timer thread
-/// (`ctxtree-timer`), from an `after_func` callback of a deadline context
-/// the timer fires, and waits (at most `limit`) until it ran. The timer
-/// thread drops the last reference to nodes it fired, so it can keep freed
-/// node blocks in its per-thread cache; a leak check that counts allocated
-/// bytes empties that cache this way. Returns false if the callback did not
-/// run on the timer thread in time.
+/// Runs `ctxtree::__private::flush_epoch()` on a deadline firing thread
+/// (`ctxtree-fire`), from an `after_func` callback of a deadline context the
+/// timer fires, and waits (at most `limit`) until it ran. Firing threads
+/// drop the last reference to nodes they fired, so they can keep freed node
+/// blocks in their per-thread cache (they also flush it themselves whenever
+/// their queue empties); a leak check that counts allocated bytes empties
+/// that cache this way. Returns false if the callback did not run on a
+/// firing thread in time.
 pub fn flush_timer_thread(limit: Duration) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
@@ -359,7 +360,7 @@ pub fn flush_timer_thread(limit: Duration) -> bool {
         // registered (else it would run here, on this thread).
         let (ctx, _handle) = ctxtree::Context::background().with_timeout(Duration::from_millis(5));
         let af = ctx.after_func(move || {
-            let on_timer = thread::current().name() == Some("ctxtree-timer");
+            let on_timer = thread::current().name() == Some("ctxtree-fire");
             if on_timer {
                 ctxtree::__private::flush_epoch();
             }
