@@ -4,10 +4,10 @@
 //! this module owns its one instance and is the only code that connects the
 //! two. The wheel lives behind the timer's mutex; the node keeps the id of
 //! its entry in `DeadlineNode::timer`, written only under that lock. The
-//! timer thread pops an entry and acquires the node (`try_acquire`, in
-//! `Armed::expired`) while still holding the lock, and a dying node
-//! disarms under the same lock before its memory can be freed, so the timer
-//! never touches a freed node (invariant 10). Under loom there is no timer
+//! timer thread pops an entry, claims its deadline and acquires the node
+//! (`try_acquire`, in `claim_step`) while still holding the lock, and a
+//! dying node disarms under the same lock before its memory can be freed,
+//! so the timer never touches a freed node (invariant 10). Under loom there is no timer
 //! thread: models call [`fire`] from a loom thread, or turn on
 //! [`loom_timer`], a stand-in with the same lock protocol whose expiry
 //! (`__private::expire_deadlines`) runs the timer's claim step.
