@@ -346,11 +346,11 @@ fn w11(c: &mut Criterion) {
 fn w10m(c: &mut Criterion) {
     let mut g = c.benchmark_group("W10m_move_deadline");
     let (ctx, h) = Context::background().with_timeout(Duration::from_secs(30));
-    g.bench_function("later", |b| {
+    g.bench_function(BenchmarkId::new("ctxtree", "later"), |b| {
         b.iter(|| black_box(&h).set_timeout(Duration::from_secs(30)))
     });
     let mut flip = false;
-    g.bench_function("earlier_later", |b| {
+    g.bench_function(BenchmarkId::new("ctxtree", "earlier_later"), |b| {
         b.iter(|| {
             flip = !flip;
             let secs = if flip { 20 } else { 30 };
