@@ -205,11 +205,11 @@ impl Header {
         // SAFETY: valid by the contract; `kind` is written before the node
         // is published, then immutable.
         let kind = unsafe { h.as_ref() }.kind;
-        // SAFETY: the kind names the type the node was allocated as
-        // (`alloc::<T>`), which starts with this `Header` (`#[repr(C)]`,
-        // first field): each cast is to the allocation's own type, and `h`
-        // keeps the provenance of the whole allocation. Valid for `'a` by
-        // the contract.
+        // The kind names the type the node was allocated as (`alloc::<T>`),
+        // which starts with this `Header` (`#[repr(C)]`, first field).
+        // SAFETY: each cast is to the allocation's own type (above), `h`
+        // keeps the provenance of the whole allocation, and it is valid for
+        // `'a` by the contract.
         unsafe {
             match kind {
                 Kind::Cancel => NodeView::Cancel(h.cast().as_ref()),
