@@ -191,7 +191,14 @@ pub mod __private {
         crate::node::timer_glue::loom_timer::armed()
     }
 
-    /// Number of armed timer entries in the global wheel.
+    /// Lets every timer shard hold `n` entries without allocating, whichever
+    /// thread arms them (for tests that count allocations).
+    #[cfg(not(loom))]
+    pub fn reserve_timers(n: usize) {
+        crate::node::timer_glue::reserve(n);
+    }
+
+    /// Number of armed timer entries, over every shard of the timer.
     #[cfg(not(loom))]
     pub fn armed_timers() -> usize {
         crate::node::timer_glue::armed()

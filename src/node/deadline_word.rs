@@ -149,7 +149,7 @@ impl DeadlineWord {
 
     /// The current deadline (`None`: never), fired or not.
     pub(crate) fn get(&self) -> Option<Instant> {
-        // Relaxed: a value on its own (read under the timer lock by the
+        // Relaxed: a value on its own (read under the entry's shard lock by the
         // re-arm, whose claim CAS is under the same lock); nothing else is
         // read through it.
         self.decode(self.word.load(Ordering::Relaxed))

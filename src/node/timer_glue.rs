@@ -2,8 +2,10 @@
 //!
 //! The timer service (`crate::timer`) is generic and knows nothing of nodes;
 //! this module owns its one instance and is the only code that connects the
-//! two. The wheel lives behind the timer's mutex; the node keeps the id of
-//! its entry in `DeadlineNode::timer`, written only under that lock. The
+//! two. The node's entry lives in one shard's wheel, behind that shard's
+//! mutex ("the lock" below: an entry never changes shard, and its id names
+//! the shard); the node keeps the id of its entry in
+//! `DeadlineNode::timer`, written only under that lock. The
 //! timer thread pops an entry, claims its deadline and acquires the node
 //! (`try_acquire`, in `claim_step`) while still holding the lock, and a
 //! dying node disarms under the same lock before its memory can be freed,
@@ -15,7 +17,7 @@
 //! A deadline can move (`set_deadline`, invariant 10m): later with one CAS
 //! on `DeadlineNode::deadline` (the entry stays armed at the old, earlier
 //! time, and the claim re-arms it), earlier with the CAS and a re-arm
-//! under the timer lock.
+//! under the lock.
 
 use std::ptr::NonNull;
 
@@ -115,7 +117,7 @@ enum Step {
 /// `Fire` or `Skip` its last access is the Release store of `NONE`.
 ///
 /// # Safety
-/// Under the timer lock, `node`'s entry was armed until this poll.
+/// Under the lock, `node`'s entry was armed until this poll.
 unsafe fn claim_step(node: NonNull<DeadlineNode>, now: Instant) -> Step {
     // The entry was armed until this poll and its `timer` field still
     // holds the id, so a dying node takes the lock in `disarm` before it
@@ -149,6 +151,13 @@ fn timer() -> &'static crate::timer::Timer<Armed> {
 #[cfg(not(loom))]
 pub(crate) fn armed() -> usize {
     timer().armed()
+}
+
+/// Lets every timer shard hold `n` entries without allocating (for tests
+/// that count allocations).
+#[cfg(not(loom))]
+pub(crate) fn reserve(n: usize) {
+    timer().reserve(n);
 }
 
 /// Arms the node's timer (under loom: in the stand-in, if a model turned it
@@ -193,12 +202,14 @@ pub(crate) fn disarm(node: &DeadlineNode) {
     crate::sync::fence(Ordering::SeqCst);
     // Acquire: pairs with the timer thread's Release store of NONE after
     // its last access to a node it popped (invariant 10).
-    if node.timer.load(Ordering::Acquire) == NONE {
+    let hint = node.timer.load(Ordering::Acquire);
+    if hint == NONE {
         return;
     }
-    // Relaxed: under the lock.
+    // Relaxed: under the shard's lock (the hint names the shard: an entry
+    // never changes shard).
     #[cfg(not(loom))]
-    timer().disarm(|| node.timer.swap(NONE, Ordering::Relaxed));
+    timer().disarm(hint, || node.timer.swap(NONE, Ordering::Relaxed));
     #[cfg(loom)]
     loom_timer::disarm(node);
 }
@@ -209,7 +220,7 @@ pub(crate) fn disarm(node: &DeadlineNode) {
 ///
 /// Later: one CAS on the word, no lock; the armed entry stays at its
 /// earlier time and the timer's claim re-arms it (invariant 10m). Earlier:
-/// the CAS, then the entry is moved under the timer lock (`rearm`), unless
+/// the CAS, then the entry is moved under the lock (`rearm`), unless
 /// it is no longer armed (fired, or disarmed by a cancel or the death).
 pub(crate) fn set_deadline(node: &DeadlineNode, at: Option<Instant>) -> bool {
     if node.cancel.state.load().is_done() {
@@ -229,13 +240,16 @@ pub(crate) fn set_deadline(node: &DeadlineNode, at: Option<Instant>) -> bool {
 /// lock; nothing if no entry is armed (`timer` is `NONE`: the timer popped
 /// it, or a cancel or the death disarmed it, and must not be undone).
 fn rearm(node: &DeadlineNode) {
+    // Relaxed hint: the arm's store of the id happens before any handle of
+    // the node exists, and a later value is a re-armed id of the same shard
+    // or NONE (no entry: nothing to move, as `rearm_target` would find).
     #[cfg(not(loom))]
-    timer().rearm(|| rearm_target(node));
+    timer().rearm(node.timer.load(Ordering::Relaxed), || rearm_target(node));
     #[cfg(loom)]
     loom_timer::rearm(node);
 }
 
-/// Under the timer lock: the id bits of the node's armed entry and the
+/// Under the lock: the id bits of the node's armed entry and the
 /// instant to re-arm it at, or `None` if no entry is armed (shared by the
 /// timer and the loom stand-in).
 fn rearm_target(node: &DeadlineNode) -> Option<(u64, Instant)> {

@@ -123,17 +123,23 @@ const NEVER_TICK: u64 = u64::MAX;
 const MAX_NOW_TICK: u64 = NEVER_TICK - 1;
 /// Nanoseconds per tick.
 const NANOS_PER_TICK: u32 = 1_000_000;
+/// Bits of a slot's generation in a [`TimerId`] (above the 32 index bits):
+/// the id's top byte stays zero.
+pub(crate) const GENERATION_BITS: u32 = 24;
+/// Mask of a generation (it wraps at `2^GENERATION_BITS`).
+const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
 // `Entry::list` is a `u16`.
 const _: () = assert!(LIST_COUNT <= u16::MAX as usize);
 
 /// Opaque handle of an armed entry, returned by [`Wheel::insert`].
 ///
-/// It packs the slab index (low 32 bits) and the slot's generation (high 32
-/// bits). A handle stays valid until its entry fires or is removed; after
-/// that, [`Wheel::remove`] with it returns `None` even if the slot was reused
-/// (unless the slot was reused exactly `2^32` times in between, when the
-/// generation wraps).
+/// It packs the slab index (low 32 bits) and the slot's generation (the
+/// next [`GENERATION_BITS`] bits); the top byte is always zero, free for the
+/// timer's shard number (`super::shards`). A handle stays valid until its
+/// entry fires or is removed; after that, [`Wheel::remove`] with it returns
+/// `None` even if the slot was reused (unless the slot was reused exactly
+/// `2^24` times in between, when the generation wraps).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct TimerId(u64);
 
@@ -142,8 +148,10 @@ impl TimerId {
     /// an `AtomicU64`.
     pub(crate) const NONE_BITS: u64 = u64::MAX;
 
-    /// Builds the id of slab slot `index` at `generation`.
+    /// Builds the id of slab slot `index` at `generation` (below
+    /// `2^GENERATION_BITS`, see [`Wheel::release`]).
     fn new(index: u32, generation: u32) -> Self {
+        debug_assert!(generation < 1 << GENERATION_BITS);
         TimerId((u64::from(generation) << 32) | u64::from(index))
     }
 
@@ -177,7 +185,7 @@ impl TimerId {
 struct Entry<T> {
     /// The stored value; `None` iff the slot is free.
     value: Option<T>,
-    /// Bumped (wrapping) every time the slot is freed.
+    /// Bumped (wrapping at `2^GENERATION_BITS`) every time the slot is freed.
     generation: u32,
     /// Deadline tick (`ceil` of the deadline), `NEVER_TICK` if saturated.
     tick: u64,
@@ -252,6 +260,12 @@ impl<T> Wheel<T> {
         self.link(index);
         self.len += 1;
         TimerId::new(index, self.slab[index as usize].generation)
+    }
+
+    /// Grows the slab (if needed) so that `n` entries can be armed at once
+    /// without allocating.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.slab.reserve(n.saturating_sub(self.slab.len()));
     }
 
     /// Disarms the entry `id` and returns its value. O(1).
@@ -523,7 +537,8 @@ impl<T> Wheel<T> {
     fn release(&mut self, index: u32) -> Option<T> {
         let entry = &mut self.slab[index as usize];
         let value = entry.value.take();
-        entry.generation = entry.generation.wrapping_add(1);
+        // Wraps at 2^GENERATION_BITS: ids keep their top byte zero.
+        entry.generation = (entry.generation + 1) & GENERATION_MASK;
         entry.next = self.free_head;
         entry.prev = NIL;
         self.free_head = index;
@@ -556,7 +571,7 @@ impl<T> Wheel<T> {
 
     /// Checks invariants W1 to W6, panicking with a description on violation.
     #[cfg(test)]
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let mut armed = 0;
         for (list, &head) in self.heads.iter().enumerate() {
             let mut prev = NIL;
@@ -614,7 +629,6 @@ fn whole_millis(d: Duration) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use std::collections::HashMap;
 
     /// Shorthand for a whole number of milliseconds.
@@ -933,178 +947,5 @@ mod tests {
         let mut out = Vec::new();
         wheel.poll_expired(origin + ms(1 << 41), &mut out);
         assert!(out.is_empty());
-    }
-
-    /// One step of the property tests.
-    #[derive(Clone, Debug)]
-    enum Op {
-        /// Insert with a deadline this many nanoseconds from the current
-        /// `now` (may be negative: in the past).
-        Insert(i128),
-        /// Remove the id issued by the n-th insert (modulo the count): often
-        /// already fired or removed.
-        Remove(usize),
-        /// Advance `now` by this many nanoseconds and poll.
-        Poll(u64),
-        /// Poll with a `now` this many nanoseconds before the current one.
-        PollStale(u64),
-    }
-
-    /// Nanoseconds in a millisecond, as the tests' offsets use them.
-    const MS: u64 = 1_000_000;
-
-    /// Operations: whole-millisecond offsets, or arbitrary nanoseconds if
-    /// `nanos`. Generated from plain integers (cheap to generate and shrink)
-    /// and decoded by [`decode_op`].
-    fn op(nanos: bool) -> impl Strategy<Value = Op> {
-        (0u8..10, any::<u8>(), any::<u64>())
-            .prop_map(move |(kind, bucket, raw)| decode_op(nanos, kind, bucket, raw))
-    }
-
-    /// Turns `kind` (0..10) into an operation whose magnitude is `raw` modulo
-    /// a bound chosen by `bucket`, so that small and huge offsets both occur.
-    fn decode_op(nanos: bool, kind: u8, bucket: u8, raw: u64) -> Op {
-        let pick = |bounds: &[u64]| raw % bounds[usize::from(bucket) % bounds.len()];
-        let (unit, past, future, advance, stale): (u64, u64, &[u64], &[u64], u64) = if nanos {
-            (
-                1,
-                3_000_000_001,
-                &[3_000_000, 1 << 33, 1 << 58],
-                &[1, 2_000_000, 1 << 34, 1 << 58],
-                5_000_000,
-            )
-        } else {
-            (
-                MS,
-                2_001,
-                &[70, 5_000, 1 << 20, 1 << 38],
-                &[1, 3, 100, 5_000, 1 << 22, 1 << 39],
-                3_000,
-            )
-        };
-        match kind {
-            0..=3 if bucket % 5 == 0 => Op::Insert(-i128::from(raw % past * unit)),
-            0..=3 => Op::Insert(i128::from(pick(future) * unit)),
-            4 | 5 => Op::Remove(raw as usize),
-            6..=8 => Op::Poll(pick(advance) * unit),
-            _ => Op::PollStale(raw % stale * unit),
-        }
-    }
-
-    /// Runs `ops` against the wheel and a reference model.
-    ///
-    /// The model fires, at a poll at `at`, exactly the entries with
-    /// `when <= origin + floor(at - origin)`; with whole-ms offsets that is
-    /// exactly `when <= at`. This holds for stale polls (an `at` before the
-    /// current `now`) too. After every step, `next_expiry` must not be later
-    /// than any deadline (rounded up to its tick) and, right after a poll at
-    /// `at`, must be later than `at`.
-    fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
-        let origin = Instant::now();
-        let mut wheel = Wheel::new(origin);
-        let mut now = origin;
-        let mut ids: Vec<TimerId> = Vec::new();
-        // Armed entries by value; the value is the index of the insert in `ids`.
-        let mut armed: HashMap<usize, Instant> = HashMap::new();
-        let mut out = Vec::new();
-        let floor =
-            |t: Instant| origin + ms(t.saturating_duration_since(origin).as_millis() as u64);
-        let ceil = |t: Instant| {
-            let d = t.saturating_duration_since(origin);
-            origin + ms(d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0))
-        };
-        for op in ops {
-            let polled_at = match *op {
-                Op::Insert(offset) => {
-                    let magnitude = Duration::from_nanos(offset.unsigned_abs() as u64);
-                    let when = if offset < 0 {
-                        now.checked_sub(magnitude)
-                    } else {
-                        now.checked_add(magnitude)
-                    };
-                    let Some(when) = when else { continue };
-                    let value = ids.len();
-                    let id = wheel.insert(when, value);
-                    prop_assert_ne!(id.to_bits(), TimerId::NONE_BITS);
-                    prop_assert_eq!(TimerId::from_bits(id.to_bits()), Some(id));
-                    armed.insert(value, when);
-                    ids.push(id);
-                    None
-                }
-                Op::Remove(pick) => {
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let value = pick % ids.len();
-                    let expected = armed.remove(&value).map(|_| value);
-                    prop_assert_eq!(wheel.remove(ids[value]), expected);
-                    None
-                }
-                Op::Poll(advance) => {
-                    now += Duration::from_nanos(advance);
-                    Some(now)
-                }
-                Op::PollStale(back) => now.checked_sub(Duration::from_nanos(back)),
-            };
-            if let Some(at) = polled_at {
-                out.clear();
-                wheel.poll_expired(at, &mut out);
-                out.sort_unstable();
-                let limit = floor(at);
-                let mut expected: Vec<usize> = armed
-                    .iter()
-                    .filter(|&(_, &when)| when <= limit)
-                    .map(|(&value, _)| value)
-                    .collect();
-                expected.sort_unstable();
-                armed.retain(|_, when| *when > limit);
-                prop_assert_eq!(&out, &expected);
-            }
-            wheel.check_invariants();
-            prop_assert_eq!(wheel.len(), armed.len());
-            let earliest = armed.values().map(|&when| ceil(when)).min();
-            match (wheel.next_expiry(), earliest) {
-                (None, None) => {}
-                (Some(next), Some(earliest)) => {
-                    prop_assert!(next <= earliest, "next_expiry later than a deadline");
-                    if let Some(polled) = polled_at {
-                        prop_assert!(next > polled, "next_expiry must make progress");
-                    }
-                }
-                (next, earliest) => {
-                    prop_assert!(false, "next_expiry {:?} vs earliest {:?}", next, earliest);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The default configuration, but fewer cases and no regression files
-    /// under Miri.
-    fn config() -> ProptestConfig {
-        if cfg!(miri) {
-            ProptestConfig {
-                cases: 4,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        } else {
-            // 256 cases unless `PROPTEST_CASES` says otherwise.
-            ProptestConfig::default()
-        }
-    }
-
-    proptest! {
-        #![proptest_config(config())]
-
-        #[test]
-        fn matches_model_with_whole_ms(ops in prop::collection::vec(op(false), 0..200)) {
-            run_model(&ops)?;
-        }
-
-        #[test]
-        fn matches_model_with_nanos(ops in prop::collection::vec(op(true), 0..200)) {
-            run_model(&ops)?;
-        }
     }
 }
