@@ -135,6 +135,7 @@ mod timer;
 #[cfg(loom)]
 mod timer {
     pub(crate) mod firing;
+    pub(crate) mod sleep;
 }
 
 #[cfg(not(loom))]
@@ -291,6 +292,37 @@ pub mod __private {
 
         /// The stall period, in µs.
         pub const STALL_US: u64 = crate::timer::firing::STALL_US;
+    }
+
+    /// Loom only: the timer thread's sleep word, for
+    /// `loom-tests/tests/loom_timer_sleep.rs` (times in µs).
+    #[cfg(loom)]
+    pub struct TimerSleep(crate::timer::sleep::Sleeper);
+
+    #[cfg(loom)]
+    impl TimerSleep {
+        /// A timer thread that has not scanned yet.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            TimerSleep(crate::timer::sleep::Sleeper::new())
+        }
+
+        /// The timer thread, before it locks the first shard.
+        pub fn begin_scan(&self) {
+            self.0.begin_scan()
+        }
+
+        /// The timer thread, after its scan: true if it may sleep until
+        /// `us` (`None`: until woken).
+        pub fn finish_scan(&self, us: Option<u64>) -> bool {
+            self.0.finish_scan(us)
+        }
+
+        /// An arm at `us`, after its insert: true if it must unpark the
+        /// timer thread.
+        pub fn notify(&self, us: u64) -> bool {
+            self.0.notify(|| us)
+        }
     }
 
     /// Size in bytes of a `with_cancel` node.

@@ -11,7 +11,7 @@
 //! - a target, `µs + 2` on the timer's clock: the thread sleeps (or is
 //!   about to) until then; [`NEVER`]: until woken.
 //!
-//! The thread stores `SCANNING` before it locks the first shard and, once
+//! The thread swaps in `SCANNING` before it locks the first shard and, once
 //! it has the earliest expiry, CASes `SCANNING` to its target; a failed
 //! CAS means an arm notified it meanwhile, and it scans again. An arm
 //! inserts under its shard's lock and then reads the word: `NOTIFIED`
@@ -62,11 +62,15 @@ impl Sleeper {
 
     /// The thread, before it locks the first shard of a scan.
     pub(crate) fn begin_scan(&self) {
-        // Relaxed is enough: an arm whose shard lock follows this thread's
-        // (its scan of that shard) reads this value or a later one by
-        // coherence, the lock giving the happens-before; an arm that locked
-        // the shard first is seen by the scan itself.
-        self.word.store(SCANNING, Ordering::Relaxed);
+        // An RMW (AcqRel, though nothing more than coherence is needed): an
+        // arm whose shard lock follows this thread's (its scan of that
+        // shard) must read this value or a later one, which the lock's
+        // happens-before gives even to a Relaxed store. loom 0.7.3 does not
+        // honour that for a plain store (its model explored an arm reading
+        // the `NOTIFIED` from before the previous scan, cf.
+        // tokio-rs/loom#282), but does for a swap; one RMW per timer turn,
+        // on the timer thread only, buys a model of the code we ship.
+        self.word.swap(SCANNING, Ordering::AcqRel);
     }
 
     /// The thread, after the scan found its earliest expiry `us` (`None`:

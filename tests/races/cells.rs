@@ -138,6 +138,12 @@ pub enum Action {
     /// Moves N's deadline earlier, to within 200 µs from now: the timer
     /// fires it, racing B's landing (and the drops).
     MoveEarlier,
+    /// Arms a timeout child of the target, due within 300 µs, in A's own
+    /// timer shard, while the timer thread scans or sleeps (a sleeping
+    /// thread must be woken for it, invariant 10s) and B's landing
+    /// cancels the target; waits for the child, checks it was done in
+    /// time, drops it.
+    ArmShort,
 }
 
 impl Shape {
@@ -197,7 +203,7 @@ impl Landing {
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::Drop,
         Action::WatchDrop,
         Action::WaitDrop(WaitKind::Thread),
@@ -217,6 +223,7 @@ impl Action {
         Action::Reenter(Reentry::PollNewDone),
         Action::MoveLater,
         Action::MoveEarlier,
+        Action::ArmShort,
     ];
 
     fn name(self) -> &'static str {
@@ -240,6 +247,7 @@ impl Action {
             Action::Reenter(Reentry::PollNewDone) => "waker-polls-new-done",
             Action::MoveLater => "move-deadline-later",
             Action::MoveEarlier => "move-deadline-earlier",
+            Action::ArmShort => "arm-short-timeout",
         }
     }
 }
@@ -726,6 +734,11 @@ impl Wake for Reentrant {
 /// watchdog fires long before, this only keeps the wait bounded.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
+/// How late the `ArmShort` child may fire: the timer's resolution is 1 ms,
+/// but the timer and firing threads compete with three spinning threads
+/// for two cores (and the sanitizers slow everything).
+const ARM_SHORT_LATE: Duration = Duration::from_secs(5);
+
 /// Spins of [`Action::WatchDrop`] before it gives up: B cancels within a
 /// few microseconds of the barrier, this is seconds (the watchdog is the
 /// real bound).
@@ -898,6 +911,32 @@ fn side_a(cell: Cell, mut a: PartA, rng: &mut Rng, tally: &Arc<Tally>) {
             last
         }
         Action::Reenter(_) => Some(a.target.wait()),
+        Action::ArmShort => {
+            let due = Instant::now() + Duration::from_nanos(rng.below(300_000));
+            // One under the target (its walk races the arm and the
+            // disarm); one round in eight, one on its own too: only the
+            // timer can end it, so a missed wake-up shows (the timer then
+            // sleeps until its previous target, far away or never, unless
+            // something else wakes it). Not every round: each waits for
+            // the timer's next 1 ms tick.
+            let (child, handle) = a.target.with_deadline(due);
+            if rng.below(8) == 0 {
+                let (alone, _h) = Context::background().with_deadline(due);
+                let fired = alone.wait_timeout(ARM_SHORT_LATE);
+                let late = Instant::now().saturating_duration_since(due);
+                assert_eq!(
+                    fired,
+                    Some(Error::DeadlineExceeded),
+                    "{cell}: a short timeout did not fire within {ARM_SHORT_LATE:?} ({late:?} late)"
+                );
+            }
+            assert!(
+                child.wait_timeout(WAIT_LIMIT).is_some(),
+                "{cell}: a short timeout under the target never ended"
+            );
+            drop((handle, child));
+            None
+        }
         Action::MoveLater | Action::MoveEarlier => {
             let h = a.mover.as_ref().expect("built for a move");
             let to = if cell.action == Action::MoveLater {
