@@ -129,7 +129,7 @@ impl CancelHandle {
     /// again.
     ///
     /// Moving later is one atomic compare-and-swap (no lock); moving
-    /// earlier also re-arms the timer entry (O(1), under the timer's lock).
+    /// earlier also re-arms the timer entry (O(1), under its timer shard's lock).
     /// Cheap enough to call on every read of a connection (an idle
     /// timeout).
     ///

@@ -75,11 +75,13 @@
 //!   the timer (another firing thread starts after 1 ms of no progress).
 //! - Reading several properties is not one atomic snapshot: `is_done()`
 //!   then `deadline()` may straddle a cancellation.
-//! - Deadline contexts arm and disarm their timer under the timer wheel's
-//!   mutex (O(1), never held while user code runs); that and the firing
-//!   pool's queue (taken by the timer and firing threads only) are the only
-//!   locks. Moving a deadline ([`CancelHandle::set_deadline`]) later takes
-//!   no lock (one CAS); earlier re-arms under the timer mutex.
+//! - Deadline contexts arm and disarm their timer under the mutex of one
+//!   timer shard (one wheel per core; a thread arms in its own shard, and a
+//!   disarm takes the shard the entry is in; O(1), never held while user
+//!   code runs); those and the firing pool's queue (taken by the timer and
+//!   firing threads only) are the only locks. Moving a deadline
+//!   ([`CancelHandle::set_deadline`]) later takes no lock (one CAS);
+//!   earlier re-arms under the entry's shard mutex.
 //!
 //! ## Servers and clients
 //!

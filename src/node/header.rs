@@ -99,7 +99,7 @@ pub(crate) struct DeadlineNode {
     /// The deadline, movable (`CancelHandle::set_deadline`); the timer's
     /// claim sets its `FIRED` bit (`deadline_word`, invariant 10m).
     pub(crate) deadline: DeadlineWord,
-    /// The armed timer's id bits; only read or written under the wheel lock.
+    /// The armed timer's id bits; only read or written under its shard's lock (the hint in `disarm` aside).
     pub(crate) timer: AtomicU64,
     /// The cause given to `with_deadline_cause`; taken when the node dies.
     pub(crate) cause: UnsafeCell<Option<Cause>>,

@@ -42,7 +42,7 @@ const _: () = assert!(NONE == crate::timer::NONE_BITS);
 #[derive(Clone, Copy)]
 struct Armed(NonNull<DeadlineNode>);
 
-// SAFETY: only dereferenced under the wheel lock while the node is armed
+// SAFETY: only dereferenced under the lock of its shard while the node is armed
 // (invariant 10), or after acquiring it.
 #[cfg(not(loom))]
 unsafe impl Send for Armed {}
