@@ -118,9 +118,15 @@ impl<E: Expiry> Timer<E> {
         }
     }
 
-    /// `now` on the timer's clock (µs since the timer was made).
+    /// `now` on the timer's clock (µs since the timer was made). Seconds
+    /// times a million plus the sub-second µs: no 128-bit division (every
+    /// arm computes it while the thread sleeps with a target).
     fn micros(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.base).as_micros()).unwrap_or(u64::MAX)
+        let since = now.saturating_duration_since(self.base);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(since.subsec_micros()))
     }
 
     /// Spawns the thread unless it was; a failure (out of threads) is
