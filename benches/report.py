@@ -512,7 +512,7 @@ clock; everything else is set up outside it.
 | `W8_wake_many` | 1,000 tokio tasks (current-thread runtime) awaiting `done()`; from just before `cancel()` to the completion of the last task | every task is registered before the cancel; 300 rounds |
 | `W9_memory` | heap bytes and allocations per live cancellable child (100,000 children kept alive) | counting global allocator in its own binary (`benches/memory.rs`), requested sizes (malloc's own chunk overhead not included, for anyone); epoch garbage flushed before each reading; the handles' inline size is a separate row. Go: `runtime.MemStats` after GC (size-class bytes) |
 | `W10_timeout_cancel` | `with_timeout(30 s)`, cancel, drop: a timer armed and disarmed | tokio-util has no deadlines: the idiomatic equivalent is a child token plus a spawned task `select!`ing on `tokio::time::sleep(30 s)` and `cancelled()`; the task is polled once (the sleep armed) before the cancel and awaited after it |
-| `W10m_move_deadline/later`, `/earlier_later` | `CancelHandle::set_timeout` on a live 30 s timeout, every iteration: `later` moves it later each time (one CAS: an idle timeout pushed on every read); `earlier_later` alternates 20 s and 30 s, so every other move is earlier (a re-arm under the timer lock) | includes `Instant::now()`; tokio-util and Go have no movable deadline (tokio's `Sleep::reset` is the nearest) |
+| `W10m_move_deadline/later`, `/earlier_later` | `CancelHandle::set_timeout` on a live 30 s timeout, every iteration: `later` moves it later each time (one CAS: an idle timeout pushed on every read); `earlier_later` alternates 20 s and 30 s, so every other move is earlier (a re-arm under the entry's shard lock) | includes `Instant::now()`; tokio-util and Go have no movable deadline (tokio's `Sleep::reset` is the nearest) |
 | `W11_value_depth/N` | `value::<T>()` where `T` sits at the root and N cancel/deadline layers (alternating, every deadline earlier than the one above) lie between | Go: `ctx.Value(key)`, as in Go's `BenchmarkDeepValue*` |
 | `L_atomic_load` | one `Acquire` load through `black_box` in criterion's loop | floor for W1 |
 | `L_alloc_1cas`, `L_alloc_3cas` | one 64-byte `Box` allocation, 1 or 3 uncontended compare-exchanges on a shared word, one free | floor for W3 (alloc + link) and W2 (alloc + link + state + unlink) |
@@ -615,7 +615,8 @@ MISS_NOTES = {
     "W7_wake_latency_async": "the cancel's and event-listener's CPU work inside the window, plus the "
                              "waker's round trip through `block_on`; depends on the machine's state",
     "W8_wake_many": "per-task allocations and the heap's state (see above)",
-    "W10_timeout_cancel": "the timer's mutex on arm and disarm",
+    "W10_timeout_cancel": "`Instant::now()` and the shard lock's two RMWs on arm and on disarm, "
+                          "plus the SeqCst fences of the arm/disarm handshake",
 }
 
 

@@ -342,7 +342,7 @@ fn w11(c: &mut Criterion) {
 /// `set_timeout` on a live deadline context, every iteration: `later`
 /// moves it later each time (one CAS, the idle-timeout pattern);
 /// `earlier_later` alternates 20 s and 30 s, so every other move is earlier
-/// (a re-arm under the timer lock).
+/// (a re-arm under the entry's shard lock).
 fn w10m(c: &mut Criterion) {
     let mut g = c.benchmark_group("W10m_move_deadline");
     let (ctx, h) = Context::background().with_timeout(Duration::from_secs(30));
