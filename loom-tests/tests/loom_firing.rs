@@ -28,10 +28,6 @@ impl Count {
         self.changed.notify_all();
     }
 
-    fn get(&self) -> usize {
-        *self.n.lock().unwrap()
-    }
-
     fn wait_for(&self, at_least: usize) {
         let mut n = self.n.lock().unwrap();
         while *n < at_least {
