@@ -79,8 +79,9 @@ impl Sleeper {
     pub(crate) fn finish_scan(&self, us: Option<u64>) -> bool {
         // Acquire on failure: pairs with the notifying arm's Release, so
         // its insert happens before the rescan locks its shard. Release on
-        // success is not needed by the protocol (the target is only
-        // compared), but keeps the word's history simple to reason about.
+        // success: an arm whose CAS replaces this target (and then unparks)
+        // synchronises with it, so it sees what the thread did before,
+        // its `Thread` handle included (`Timer::thread` relies on it).
         self.word
             .compare_exchange(SCANNING, target(us), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
