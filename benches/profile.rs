@@ -7,7 +7,8 @@
 //! CTXTREE_PROFILE=W2 valgrind --tool=callgrind target/bench/release/deps/profile-*[!.d]
 //! ```
 //!
-//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10 (ctxtree only), L7 (W7's
+//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10, S_shared, S_private
+//! (ctxtree only), L7 (W7's
 //! floor: a flag + `thread::park`/`unpark`) and L8 (W8's floor: the bare
 //! flag + `Mutex<Vec<Waker>>` of `bulk.rs`); `N` sets the iteration count
 //! (default 100,000; W7 and L7 run `N / 100` rounds of one blocked thread,
@@ -100,6 +101,23 @@ fn main() {
             h.cancel();
             drop(levels);
         }
+        // `S_scaling/cancel_drop/2t_shared` and `/2t_private` of
+        // `scaling.rs`: two threads, `n` derive+cancel+drop each, on one
+        // parent or on a parent each. For `perf record` (sampling), which
+        // shows where the shared parent's cache line costs.
+        "S_shared" | "S_private" => {
+            let shared = w == "S_shared";
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mine = if shared {
+                        parent.clone()
+                    } else {
+                        parent.with_cancel().0
+                    };
+                    s.spawn(move || s_cancel_drop(&mine, n));
+                }
+            });
+        }
         "W10" => {
             for _ in 0..n {
                 let (ctx, h) = black_box(&parent).with_timeout(Duration::from_secs(30));
@@ -139,6 +157,17 @@ fn main() {
             }
         }
         other => panic!("unknown workload {other}"),
+    }
+}
+
+/// The loop of the `S_*` workloads (a function of its own for `perf
+/// annotate`).
+#[inline(never)]
+fn s_cancel_drop(parent: &Context, n: usize) {
+    for _ in 0..n {
+        let (ctx, h) = black_box(parent).with_cancel();
+        h.cancel();
+        drop(black_box(ctx));
     }
 }
 
