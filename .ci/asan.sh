@@ -46,7 +46,7 @@ source .ci/test-binaries.sh
 # server_soak needs the axum integration.
 build_test_binaries asan +nightly test "${profile[@]}" --target "$target" --release \
     --features axum --test races --test reentrant_wakers --test retention --test soak \
-    --test server_soak --test firing --test move_deadline
+    --test server_soak --test firing --test move_deadline --test proxy
 races=${BIN[races]}
 move_deadline=${BIN[move_deadline]}
 reentrant=${BIN[reentrant_wakers]}
@@ -54,6 +54,7 @@ retention=${BIN[retention]}
 soak=${BIN[soak]}
 server_soak=${BIN[server_soak]}
 firing=${BIN[firing]}
+proxy=${BIN[proxy]}
 echo "asan: built in $(( $(date +%s) - t0 )) s"
 
 # 1. The sanitizer must be on: the deliberate use-after-free has to be
@@ -78,7 +79,8 @@ t2=$(date +%s)
 "$retention" --test-threads=1
 "$firing"
 "$move_deadline"
-echo "asan: re-entrant wakers, retention, firing and movable deadlines clean in $(( $(date +%s) - t2 )) s"
+"$proxy"
+echo "asan: re-entrant wakers, retention, firing, movable deadlines and proxies clean in $(( $(date +%s) - t2 )) s"
 
 # 4. The soaks.
 t3=$(date +%s)

@@ -5,8 +5,7 @@
 #
 # CI (.ci/run) runs `.ci/loom.sh ci`: loom_core at bound 4, loom_matrix at
 # 3, loom_wakers at 4, loom_move_deadline at 5, loom_timer_sleep at 4,
-# loom_retention and any other
-# binary at 3 (CI_BOUNDS
+# loom_retention, loom_proxy and any other binary at 3 (CI_BOUNDS
 # and CI_DEFAULT below, chosen from the times measured in
 # docs/VERIFICATION.md to keep the step under 8 min). Four loom_core models
 # cap their own bound at 3 (`model_capped` in loom-tests/src/lib.rs), whatever the

@@ -39,7 +39,7 @@ runs="${STRESS_RUNS:-3}"
 source .ci/test-binaries.sh
 build_test_binaries tsan +nightly test "${profile[@]}" -Zbuild-std --target "$target" --release \
     --features axum --test stress --test races --test reentrant_wakers --test retention \
-    --test server_soak --test firing --test move_deadline
+    --test server_soak --test firing --test move_deadline --test proxy
 bin=${BIN[stress]}
 move_deadline=${BIN[move_deadline]}
 races=${BIN[races]}
@@ -47,6 +47,7 @@ reentrant=${BIN[reentrant_wakers]}
 retention=${BIN[retention]}
 server_soak=${BIN[server_soak]}
 firing=${BIN[firing]}
+proxy=${BIN[proxy]}
 
 # 1. The sanitizer must be on: the deliberate race has to be reported.
 set +e
@@ -76,5 +77,6 @@ t2=$(date +%s)
 "$retention" --test-threads=1
 "$firing"
 "$move_deadline"
+"$proxy"
 CTXTREE_SERVER_SOAK_SECS="${CTXTREE_SERVER_SOAK_SECS:-10}" "$server_soak" --test-threads=1 --nocapture
-echo "tsan: re-entrant wakers, retention, firing, movable deadlines and server soak clean in $(( $(date +%s) - t2 )) s"
+echo "tsan: re-entrant wakers, retention, firing, movable deadlines, proxies and server soak clean in $(( $(date +%s) - t2 )) s"

@@ -194,6 +194,20 @@ pub mod __private {
         crate::node::timer_glue::loom_timer::armed()
     }
 
+    /// Gives the calling thread's shard a proxy of `ctx`'s node, as a
+    /// contended derive does (docs/SCALING.md): later derives from `ctx` on
+    /// this thread go under it. Returns true if the shard has a proxy now
+    /// (false if `ctx` is a root, a value layer, done, or the machine has
+    /// one core, outside loom).
+    pub fn install_proxy(ctx: &Context) -> bool {
+        crate::node::proxy::install(ctx.raw())
+    }
+
+    /// True if `ctx`'s node hangs under a proxy of its parent.
+    pub fn is_proxied(ctx: &Context) -> bool {
+        crate::node::proxy::is_proxied(ctx.raw())
+    }
+
     /// Lets every timer shard hold `n` entries without allocating, whichever
     /// thread arms them (for tests that count allocations).
     #[cfg(not(loom))]

@@ -54,6 +54,36 @@ pub(crate) fn sc_handshake() {
     fence(Ordering::SeqCst);
 }
 
+/// The calling thread's shard among `count` (the timer's wheels, a
+/// contended parent's proxies): picked round robin the first time, then
+/// kept, so a thread keeps to one shard. Only spreads threads: any value
+/// below `count` is correct, so it is not modelled (std atomics and
+/// thread-locals under loom too).
+pub(crate) fn thread_shard(count: usize) -> usize {
+    use std::cell::Cell;
+    /// Round-robin source of threads' shards.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    if count <= 1 {
+        return 0;
+    }
+    SHARD
+        .try_with(|s| {
+            let mine = s.get();
+            if mine < count {
+                return mine;
+            }
+            // Relaxed: only spreads threads; any value is correct.
+            let mine = NEXT.fetch_add(1, Ordering::Relaxed) % count;
+            s.set(mine);
+            mine
+        })
+        // During thread-local destruction: any shard will do.
+        .unwrap_or(0)
+}
+
 /// std's `Arc`, for user-facing values that loom need not model (task
 /// wakers; causes use `std::sync::Arc` through the public `Cause` type).
 pub(crate) use std::sync::Arc as UserArc;

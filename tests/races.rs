@@ -152,18 +152,18 @@ fn race_matrix_reentrant_wakers() {
     run_matrix("race_matrix_reentrant_wakers", Cell::reentrant);
 }
 
-/// The product is what the docs say: 8 shapes × 6 landings × 20 actions,
+/// The product is what the docs say: 9 shapes × 6 landings × 20 actions,
 /// and exactly the combinations that lack a part are impossible.
 #[test]
 fn the_matrix_has_the_documented_size() {
     let all = cells::product();
-    assert_eq!(all.len(), 8 * 6 * 20);
+    assert_eq!(all.len(), 9 * 6 * 20);
     let possible: Vec<_> = all.iter().filter(|c| c.impossible().is_none()).collect();
-    // 27 shape × landing pairs; 11 actions (+ stop-after-func for the
+    // 30 shape × landing pairs; 11 actions (+ stop-after-func for the
     // after-func shape's 3 landings, + the two deadline moves for the
     // deadline shape's 5 landings) + 6 re-entrant ones each.
-    assert_eq!(possible.len(), 27 * 17 + 3 + 5 * 2);
-    assert_eq!(possible.iter().filter(|c| c.reentrant()).count(), 27 * 6);
+    assert_eq!(possible.len(), 30 * 17 + 3 + 5 * 2);
+    assert_eq!(possible.iter().filter(|c| c.reentrant()).count(), 30 * 6);
 }
 
 /// Proof that AddressSanitizer is on (`.ci/asan.sh` runs it alone and

@@ -152,6 +152,16 @@ pub(crate) enum ListClaim {
     HandedBack,
 }
 
+/// How a successful [`ChildList::push`] went.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Pushed {
+    /// At the first attempt.
+    Alone,
+    /// After another thread changed the head (or a spurious failure of the
+    /// weak compare-exchange): the owner may be contended.
+    Contended,
+}
+
 /// A node's list of entries (see the module docs).
 pub(crate) struct ChildList {
     head: AtomicPtr<Header>,
@@ -182,7 +192,10 @@ impl ChildList {
     }
 
     /// Pushes `entry`. `Err(())` if the list is sealed: the owner is done,
-    /// and its state word is visible to the caller.
+    /// and its state word is visible to the caller. `Ok` says whether
+    /// another thread changed the head under us ([`Pushed::Contended`]: the
+    /// first compare-exchange failed), the signal for a contended parent's
+    /// proxies (`node::proxy`).
     ///
     /// `Ok(())` does not mean the owner is live: a walker that found the
     /// list empty does not seal it (see `is_empty_after_finish`). The
@@ -194,10 +207,11 @@ impl ChildList {
     /// # Safety
     /// `entry` is a valid, unpublished entry whose claims include one for
     /// this list.
-    pub(crate) unsafe fn push(&self, entry: NonNull<Header>) -> Result<(), ()> {
+    pub(crate) unsafe fn push(&self, entry: NonNull<Header>) -> Result<Pushed, ()> {
         // Acquire (here and on failure): if we see SEALED we also see the
         // owner's state word, stored before the Release of `seal`.
         let mut head = self.head.load(Ordering::Acquire);
+        let mut pushed = Pushed::Alone;
         loop {
             if head.addr() & SEALED != 0 {
                 return Err(());
@@ -218,9 +232,10 @@ impl ChildList {
                 Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(pushed),
                 Err(actual) => {
                     head = actual;
+                    pushed = Pushed::Contended;
                     spin_hint();
                 }
             }

@@ -5,19 +5,20 @@ use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::time::Instant;
 
-use super::children::ChildList;
+use super::children::{ChildList, Pushed};
 use super::deadline_word::DeadlineWord;
 use super::raw::RawContext;
 use super::state::Snapshot;
 use super::{
-    cancel, release_claims, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
-    MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_TODO,
+    cancel, proxy, release_claims, timer_glue, CancelNode, DeadlineNode, ForwardNode, Header, Kind,
+    MergeNode, NodeRef, ValueNode, FLAG_LINKED, FLAG_PROXY, FLAG_TODO,
 };
 use crate::error::Cause;
 use crate::sync::{Ordering, UnsafeCell};
 
-/// A header for a child of `parent` with `refs` observers.
-fn child_header(parent: &RawContext, kind: Kind, refs: u32) -> Header {
+/// A header for a child of `parent` with `refs` observers, held by `holder`
+/// (a reference to `parent`'s node, or to its proxy for this shard).
+fn child_header(parent: &RawContext, holder: Option<NodeRef>, kind: Kind, refs: u32) -> Header {
     let flags = match &parent.node {
         Some(node) => node.header().flags & FLAG_TODO,
         None if parent.todo => FLAG_TODO,
@@ -26,23 +27,41 @@ fn child_header(parent: &RawContext, kind: Kind, refs: u32) -> Header {
     // Alive claim only; `link` adds the list's claim.
     let mut header = Header::new(kind, refs, 1, flags);
     header.up_values = parent.value_head();
-    header.parent = parent.node.clone().map(NodeRef::into_raw);
+    header.parent = holder.map(NodeRef::into_raw);
     header
 }
 
-/// The initial state of a cancellable child of `parent`.
-fn inherited(parent: &RawContext) -> Snapshot {
-    match parent.scope {
-        // SAFETY: `parent` keeps its scope alive.
+/// The initial state of a cancellable child registered in `scope`.
+///
+/// # Safety
+/// `scope` is kept alive by the caller.
+unsafe fn inherited(scope: Option<NonNull<CancelNode>>) -> Snapshot {
+    match scope {
+        // SAFETY: by the contract.
         Some(scope) => unsafe { scope.as_ref() }.state.load().borrowed(),
         None => Snapshot::LIVE,
+    }
+}
+
+/// Where a cancellable child of `parent` goes: under this shard's proxy of
+/// `parent`'s node if it has one (`node::proxy`), else under `parent`
+/// itself. Returns the holder reference for the child's header and the
+/// scope it registers in (kept alive by that reference).
+#[inline]
+fn placement(parent: &RawContext) -> (Option<NodeRef>, Option<NonNull<CancelNode>>) {
+    match proxy::for_derive(parent) {
+        Some(p) => {
+            let scope = Some(p.ptr().cast());
+            (Some(p), scope)
+        }
+        None => (parent.node.clone(), parent.scope),
     }
 }
 
 /// What [`link`] did with a new cancellable node.
 enum Linked {
     /// Linked under a live scope (or there is no scope: never done).
-    Live,
+    Live(Pushed),
     /// Done on creation (born done, or the scope's list was sealed); never
     /// published.
     Done,
@@ -70,7 +89,7 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
             return Linked::Done;
         }
         let Some(scope) = scope else {
-            return Linked::Live;
+            return Linked::Live(Pushed::Alone);
         };
         (*node.as_ptr()).header.flags |= FLAG_LINKED;
         // One more claim, the list's.
@@ -78,12 +97,12 @@ unsafe fn link(node: NonNull<CancelNode>, scope: Option<NonNull<CancelNode>>) ->
         super::set_claims(&(*node.as_ptr()).header, claims + 1);
         // The scope is alive (held by the parent reference in the node).
         let scope = scope.as_ref();
-        if scope.children.push(node.cast()).is_ok() {
+        if let Ok(pushed) = scope.children.push(node.cast()) {
             let now = scope.state.load_after_push();
             return if now.is_done() {
                 Linked::Late(now.borrowed())
             } else {
-                Linked::Live
+                Linked::Live(pushed)
             };
         }
         // Sealed: still unpublished, so plain rewrites are fine.
@@ -120,18 +139,63 @@ fn pair(node: NonNull<CancelNode>, parent: &RawContext) -> (RawContext, NodeRef)
     (RawContext::from_node(a, parent.todo), b)
 }
 
+/// A push that found `parent`'s list contended gives this thread's shard a
+/// proxy of it (`node::proxy`); later derives here go under the proxy.
+fn after_link(parent: &RawContext, linked: &Linked) {
+    if matches!(linked, Linked::Live(Pushed::Contended)) {
+        proxy::install(parent);
+    }
+}
+
 /// `with_cancel`. Inlined: since the layering split (issue 10) LLVM
 /// stopped inlining it into `Context::with_cancel`, which cost W2/W3 5 %
 /// (callgrind, 17-19 instructions per derive).
 #[inline]
 pub(crate) fn with_cancel(parent: &RawContext) -> (RawContext, NodeRef) {
-    let header = child_header(parent, Kind::Cancel, 2);
-    let node = CancelNode::new(header, inherited(parent));
+    let (holder, scope) = placement(parent);
+    // SAFETY: `holder`, stored in the node below, keeps `scope` alive.
+    let initial = unsafe { inherited(scope) };
+    let header = child_header(parent, holder, Kind::Cancel, 2);
+    let node = CancelNode::new(header, initial);
     let node = super::alloc(node);
-    // SAFETY: fresh and unpublished; the scope is held by `parent`. The
-    // node's references are ours until `pair`.
-    unsafe { finish_late(node, &link(node, parent.scope)) };
+    // SAFETY: fresh and unpublished; the scope is held by the node's
+    // parent reference. The node's references are ours until `pair`.
+    let linked = unsafe { link(node, scope) };
+    // SAFETY: as above.
+    unsafe { finish_late(node, &linked) };
+    after_link(parent, &linked);
     pair(node, parent)
+}
+
+/// A proxy of `parent`'s node for one shard (`node::proxy`): a hidden
+/// cancellable child that holds its parent with a hold (invariant 13) and
+/// whose one observer reference is returned (the slot's). `None` if the
+/// node turned out done: the proxy is dropped then.
+pub(crate) fn proxy(parent: &RawContext) -> Option<NodeRef> {
+    let node_ref = parent.node.as_ref()?;
+    let mut header = child_header(parent, None, Kind::Cancel, 1);
+    header.flags |= FLAG_PROXY;
+    // SAFETY: `parent` holds an observer reference to its node.
+    header.parent = Some(unsafe { NodeRef::acquire_hold(node_ref.ptr()) });
+    // SAFETY: the hold keeps the scope (the node itself) alive.
+    let initial = unsafe { inherited(parent.scope) };
+    let node = super::alloc(CancelNode::new(header, initial));
+    // SAFETY: fresh and unpublished; the hold keeps the scope alive.
+    let linked = unsafe { link(node, parent.scope) };
+    // SAFETY: created with one reference, ours.
+    let proxy = unsafe { NodeRef::from_raw(node.cast()) };
+    match linked {
+        Linked::Live(_) => Some(proxy),
+        // Dropped: it dies as a childless cancel node and releases its
+        // hold.
+        Linked::Done => None,
+        Linked::Late(_) => {
+            // SAFETY: we hold its reference; `parent` keeps the record's
+            // owner alive.
+            unsafe { finish_late(node, &linked) };
+            None
+        }
+    }
 }
 
 /// `with_deadline`: the caller has checked that `deadline` is earlier than
@@ -141,8 +205,10 @@ pub(crate) fn with_deadline(
     deadline: Instant,
     cause: Option<Cause>,
 ) -> (RawContext, NodeRef) {
-    let header = child_header(parent, Kind::Deadline, 2);
-    let mut initial = inherited(parent);
+    let (holder, scope) = placement(parent);
+    let header = child_header(parent, holder, Kind::Deadline, 2);
+    // SAFETY: the node's parent reference (`holder`) keeps `scope` alive.
+    let mut initial = unsafe { inherited(scope) };
     let expired = !initial.is_done() && deadline <= Instant::now();
     if expired {
         initial = Snapshot::new_owned(crate::Error::DeadlineExceeded, cause.clone());
@@ -154,21 +220,25 @@ pub(crate) fn with_deadline(
         cause: UnsafeCell::new(cause),
     };
     let node = super::alloc(node);
-    // SAFETY: fresh and unpublished; the scope is held by `parent`.
-    match unsafe { link(node.cast(), parent.scope) } {
+    // SAFETY: fresh and unpublished; the scope is held by the node's
+    // parent reference.
+    let linked = unsafe { link(node.cast(), scope) };
+    match linked {
         // SAFETY: we hold the node's references until `pair` below.
-        Linked::Live => timer_glue::arm(unsafe { node.as_ref() }),
+        Linked::Live(_) => timer_glue::arm(unsafe { node.as_ref() }),
         Linked::Done => {}
-        // SAFETY: as above; `parent` keeps the record's owner alive.
-        late => unsafe { finish_late(node.cast(), &late) },
+        // SAFETY: as above; the parent reference keeps the record's owner
+        // alive.
+        Linked::Late(_) => unsafe { finish_late(node.cast(), &linked) },
     }
+    after_link(parent, &linked);
     pair(node.cast(), parent)
 }
 
 /// `with_value`.
 pub(crate) fn with_value<T: Any + Send + Sync>(parent: &RawContext, value: T) -> RawContext {
     let node = ValueNode {
-        header: child_header(parent, Kind::Value, 1),
+        header: child_header(parent, parent.node.clone(), Kind::Value, 1),
         scope: parent.scope,
         type_id: TypeId::of::<T>(),
         type_name: std::any::type_name::<T>(),
@@ -181,7 +251,7 @@ pub(crate) fn with_value<T: Any + Send + Sync>(parent: &RawContext, value: T) ->
 
 /// `without_cancel`.
 pub(crate) fn without_cancel(parent: &RawContext) -> RawContext {
-    let node = child_header(parent, Kind::Detached, 1);
+    let node = child_header(parent, parent.node.clone(), Kind::Detached, 1);
     let node = super::alloc(node);
     // SAFETY: created with one reference, handed to the context.
     RawContext::from_node(unsafe { NodeRef::from_raw(node) }, parent.todo)
@@ -193,12 +263,14 @@ pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
     };
-    let mut initial = inherited(a);
-    if !initial.is_done() {
-        initial = inherited(b);
-    }
     let (sa, sb) = (a.scope, b.scope);
-    let header = child_header(a, Kind::Merge, 2);
+    // SAFETY: `a` and `b` keep their scopes alive.
+    let mut initial = unsafe { inherited(sa) };
+    if !initial.is_done() {
+        // SAFETY: as above.
+        initial = unsafe { inherited(sb) };
+    }
+    let header = child_header(a, a.node.clone(), Kind::Merge, 2);
     let node = MergeNode {
         cancel: CancelNode::new(header, initial),
         other: ManuallyDrop::new(b.clone()),
@@ -233,7 +305,7 @@ pub(crate) fn merge(a: &RawContext, b: &RawContext) -> (RawContext, NodeRef) {
         let Some(sb) = sb else {
             unreachable!("a forwarder needs b's scope")
         };
-        if !matches!(linked, Linked::Live) {
+        if !matches!(linked, Linked::Live(_)) {
             // Done through `a` (on creation, or found done after the
             // push): the forwarder is never linked.
             // SAFETY: unpublished; we give up its list claim ourselves.

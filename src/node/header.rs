@@ -44,11 +44,16 @@ pub(crate) enum Kind {
 pub(crate) const FLAG_TODO: u8 = 0b01;
 /// Header flag: the node was pushed onto its parent's list.
 pub(crate) const FLAG_LINKED: u8 = 0b10;
+/// Header flag: a hidden proxy of a contended parent (`node::proxy`): holds
+/// its parent with a `HOLD`, not an observer reference, and is skipped by
+/// the Debug text.
+pub(crate) const FLAG_PROXY: u8 = 0b100;
 
 /// The common prefix of every node.
 #[repr(C)]
 pub(crate) struct Header {
-    /// Observers (see the module docs). Unused (0) for list-only entries.
+    /// Observers in the low bits and proxies' holds in the high bits (see
+    /// `node::refs` and `node::proxy`). Unused (0) for list-only entries.
     pub(crate) refs: AtomicU32,
     /// Memory claims (see the module docs).
     pub(crate) claims: AtomicU16,

@@ -10,6 +10,7 @@
 //!   per-thread block cache);
 //! - [`state`]: the state word; [`children`]: the children list;
 //! - [`derive`](mod@derive): creating children; [`link`]: leaving lists;
+//!   [`proxy`]: per-shard stand-ins for a contended parent;
 //!   [`cancel`]: the cancellation walk; [`callback`]: `after_func` entries;
 //!   [`values`]: values, deadlines and the Debug text; [`wait`]: waiting;
 //!   [`timer_glue`]: deadline nodes and the timer; [`deadline_word`]: the
@@ -33,6 +34,7 @@ pub(crate) mod deadline_word;
 pub(crate) mod derive;
 pub(crate) mod header;
 pub(crate) mod link;
+pub(crate) mod proxy;
 pub(crate) mod raw;
 pub(crate) mod refs;
 pub(crate) mod state;
@@ -49,6 +51,6 @@ pub(crate) use self::claims::{release_claims, release_claims_later, set_claims, 
 pub(crate) use self::header::CANCEL_NODE_SIZE;
 pub(crate) use self::header::{
     as_cancel, scope_of, CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode,
-    FLAG_LINKED, FLAG_TODO,
+    FLAG_LINKED, FLAG_PROXY, FLAG_TODO,
 };
 pub(crate) use self::refs::NodeRef;

@@ -1,11 +1,15 @@
 //! Observer references (`refs`) and death.
 //!
-//! `refs` counts *observers*: handles ([`RawContext`](super::raw::RawContext),
-//! hence `Context` clones and `Done` futures), `CancelHandle`s (and guards),
-//! child nodes (each child holds its parent), pending `after_func`
-//! callbacks, and a timer that is firing. When it reaches zero the node
-//! *dies*: user data (values, causes) is dropped at once, the node leaves
-//! its parent's list and gives up its "alive" claim (`claims`).
+//! The low bits of `refs` ([`OBSERVERS`]) count *observers*: handles
+//! ([`RawContext`](super::raw::RawContext), hence `Context` clones and
+//! `Done` futures), `CancelHandle`s (and guards), child nodes (each child
+//! holds its parent), pending `after_func` callbacks, and a timer that is
+//! firing. The high bits count the *holds* of the node's proxies (one
+//! [`HOLD`] each, `node::proxy`, invariant 13). When the whole word reaches
+//! zero the node *dies*: user data (values, causes) is dropped at once, the
+//! node leaves its parent's list and gives up its "alive" claim (`claims`).
+//! When only the observers are about to reach zero, the last observer
+//! first empties the node's proxy slots (the kill, invariant 13k).
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
@@ -14,8 +18,14 @@ use super::alloc::free_unreachable;
 use super::children::{HeadClaim, ListClaim};
 use super::claims::release_claims;
 use super::link::{leave_forwarder, leave_parent};
-use super::{timer_glue, CancelNode, Header, Kind};
+use super::{proxy, timer_glue, CancelNode, Header, Kind, FLAG_PROXY};
 use crate::sync::{LazyGuard, Ordering};
+
+/// One proxy's hold on its parent: the unit of the high bits of `refs`
+/// (at most 255 holds: a node has at most `proxy::MAX_SHARDS` proxies).
+pub(crate) const HOLD: u32 = 1 << 24;
+/// The observer bits of `refs`.
+pub(crate) const OBSERVERS: u32 = HOLD - 1;
 
 /// A counted reference to a node's observers (`refs`).
 pub(crate) struct NodeRef(NonNull<Header>);
@@ -60,12 +70,28 @@ impl NodeRef {
         // existing one, which already orders everything it needs.
         // SAFETY: alive by the caller's contract.
         let old = unsafe { h.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
-        if old >= u32::MAX / 2 {
-            // Like `Arc`: billions of live handles to one node mean leaked
-            // handles; wrapping around would free a node in use.
+        if old & OBSERVERS >= OBSERVERS / 2 {
+            // Like `Arc`: millions of live handles to one node mean leaked
+            // handles; overflowing into the holds would free a node in use.
             std::process::abort();
         }
         NodeRef(h)
+    }
+
+    /// Adds a proxy's hold on `h` (invariant 13) and returns the pointer
+    /// the proxy's `parent` keeps.
+    ///
+    /// # Safety
+    /// The caller holds an observer reference to `h`.
+    pub(crate) unsafe fn acquire_hold(h: NonNull<Header>) -> NonNull<Header> {
+        // Relaxed: as in `acquire`; the caller's reference orders it.
+        // SAFETY: alive by the caller's contract.
+        let old = unsafe { h.as_ref() }
+            .refs
+            .fetch_add(HOLD, Ordering::Relaxed);
+        // At most one proxy per slot, ever (`proxy::install`).
+        debug_assert!(old >> 24 < 255, "proxy holds overflow");
+        h
     }
 
     /// Adds a reference unless the node is already dead (refs == 0): how
@@ -107,23 +133,76 @@ impl Drop for NodeRef {
         // Releases our reference; when it was the last, the node dies, and
         // so on up the chain (see [`die_chain`]).
         // SAFETY: we own one counted reference.
-        if unsafe { dec_ref(self.0) } {
+        if unsafe { release(self.0) } {
             // SAFETY: we took the count to zero.
             unsafe { die_chain(self.0) };
         }
     }
 }
 
-/// Decrements `refs`; true if this was the last reference.
+/// Releases one observer reference; true if the whole word reached zero
+/// (the caller runs the death).
+///
+/// A compare-exchange loop rather than a `fetch_sub`: the release that
+/// would leave no observer while proxies still hold the node must empty the
+/// node's slots *before* giving up its reference, which is what keeps the
+/// node alive while the proxies it releases die and drop their holds
+/// (invariant 13k). After a `fetch_sub` it would be too late: the node
+/// could already be freed.
 ///
 /// # Safety
-/// The caller owns one counted reference to `h`.
+/// The caller owns one observer reference to `h`.
 #[inline]
-unsafe fn dec_ref(h: NonNull<Header>) -> bool {
-    // Release: our uses of the node happen before its death. The thread
-    // that sees zero acquires in `die_chain`.
+unsafe fn release(h: NonNull<Header>) -> bool {
     // SAFETY: we own a reference, so the node is alive.
+    let refs = &unsafe { h.as_ref() }.refs;
+    // Relaxed: only the starting guess of the loop.
+    let mut cur = refs.load(Ordering::Relaxed);
+    loop {
+        if cur & OBSERVERS == 1 && cur != 1 {
+            // SAFETY: forwarded.
+            return unsafe { release_last_observer(h) };
+        }
+        // Release: our uses of the node happen before its death. The
+        // thread that sees zero acquires in `die_chain`.
+        match refs.compare_exchange_weak(cur, cur - 1, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return cur == 1,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// The kill, then the release (invariant 13k). Another observer may appear
+/// meanwhile (the timer firing the node, a merge's detach): the word then
+/// stays above zero, and that observer's own release kills again, which
+/// finds the slots empty.
+///
+/// # Safety
+/// As for [`release`].
+#[cold]
+#[inline(never)]
+unsafe fn release_last_observer(h: NonNull<Header>) -> bool {
+    // SAFETY: our reference keeps `h` alive through the kill.
+    unsafe { proxy::kill(h) };
+    // Release: as in `release`.
+    // SAFETY: as above.
     unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) == 1
+}
+
+/// Releases a dead proxy's hold on its parent `h`; true if the whole word
+/// reached zero. A hold never triggers a kill: the observers reached zero
+/// through a kill already, or some are left and will (invariant 13k).
+///
+/// # Safety
+/// The caller is the dead proxy's dying thread.
+#[inline]
+unsafe fn release_hold(h: NonNull<Header>) -> bool {
+    // Release: as in `release`.
+    // SAFETY: the hold keeps the node alive.
+    unsafe { h.as_ref() }
+        .refs
+        .fetch_sub(HOLD, Ordering::Release)
+        == HOLD
 }
 
 /// The last reference to `h` is gone: `h` dies, then the parents it held
@@ -144,14 +223,23 @@ unsafe fn die_chain(h: NonNull<Header>) {
         // decrement, which continues the release sequences of every earlier
         // decrement, so the dying thread sees every use of the node.
         // SAFETY: still alive: we are its last user.
-        let _ = unsafe { h.as_ref() }.refs.load(Ordering::Acquire);
+        let header = unsafe { h.as_ref() };
+        let _ = header.refs.load(Ordering::Acquire);
+        let is_proxy = header.flags & FLAG_PROXY != 0;
         // SAFETY: refs reached zero: we are the node's only user and it
         // dies exactly once (invariant 8).
         let [first, second] = unsafe { die(h, &mut guard) };
-        // SAFETY: the dead node held one reference to each parent.
-        next = first.filter(|&p| unsafe { dec_ref(p) });
-        // SAFETY: as above.
-        pending.extend(second.filter(|&p| unsafe { dec_ref(p) }));
+        // SAFETY: the dead node held one reference to each parent: a hold
+        // if it was a proxy (invariant 13).
+        next = first.filter(|&p| unsafe {
+            if is_proxy {
+                release_hold(p)
+            } else {
+                release(p)
+            }
+        });
+        // SAFETY: as above (a merge is never a proxy).
+        pending.extend(second.filter(|&p| unsafe { release(p) }));
     }
 }
 

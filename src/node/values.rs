@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::deadline_word;
 use super::header::NodeView;
-use super::{Header, Kind, FLAG_TODO};
+use super::{Header, Kind, FLAG_PROXY, FLAG_TODO};
 
 /// The first node of `h`'s value chain: `h` itself if it holds a value or
 /// branches, else its nearest such ancestor.
@@ -125,6 +125,11 @@ pub(crate) unsafe fn describe(
         "context.Background"
     })?;
     for h in chain.into_iter().rev() {
+        // SAFETY: alive, as above.
+        if unsafe { h.as_ref() }.flags & FLAG_PROXY != 0 {
+            // Hidden: a stand-in of its parent (`node::proxy`).
+            continue;
+        }
         // SAFETY: alive, as above.
         match unsafe { Header::view(h) } {
             NodeView::Cancel(_) => f.write_str(".WithCancel")?,

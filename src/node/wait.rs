@@ -13,6 +13,9 @@
 //!   registers in place of the task's waker (the public `Done` in
 //!   `done.rs` is a thin wrapper).
 //! - [`park`]: blocking waits (`wait`, `wait_timeout`, `wait_deadline`).
+//!
+//! The waiter entry also carries the node's proxy slots (`node::proxy`):
+//! it is the one lazily created entry that lives as long as its owner.
 
 mod park;
 mod task;
@@ -21,5 +24,5 @@ mod wake_list;
 
 pub(crate) use park::wait_until;
 pub(crate) use task::TaskWait;
-pub(crate) use waiters::WaitersNode;
+pub(crate) use waiters::{entry_of, WaitersNode};
 pub(crate) use wake_list::WakeScope;

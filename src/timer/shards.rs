@@ -9,8 +9,6 @@
 //! changes shard: a re-arm (a moved deadline) inserts it again in the same
 //! one.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -78,7 +76,7 @@ impl<T> Shards<T> {
     /// Locks the calling thread's shard (given on its first call, round
     /// robin over the threads).
     pub(crate) fn lock_local(&self) -> Locked<'_, T> {
-        self.lock(local_shard(self.count()))
+        self.lock(crate::sync::thread_shard(self.count()))
     }
 
     /// Locks the shard named by the id bits `bits`; `None` for the "no
@@ -101,29 +99,6 @@ impl<T> Shards<T> {
             })
             .sum()
     }
-}
-
-/// The calling thread's shard among `count`: picked round robin the first
-/// time, then kept (so a thread's arms and disarms stay on one lock).
-fn local_shard(count: usize) -> usize {
-    /// Round-robin source of threads' shards.
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    SHARD
-        .try_with(|s| {
-            let mine = s.get();
-            if mine < count {
-                return mine;
-            }
-            // Relaxed: only spreads threads; any value is correct.
-            let mine = NEXT.fetch_add(1, Ordering::Relaxed) % count;
-            s.set(mine);
-            mine
-        })
-        // A thread-local destructor arming a deadline: any shard will do.
-        .unwrap_or(0)
 }
 
 impl<T> Locked<'_, T> {

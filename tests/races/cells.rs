@@ -57,6 +57,12 @@ pub enum Shape {
     /// thread is the landing) with a child and a grandchild under it, owned
     /// by A, so that a firing has a list to walk into.
     Deadline,
+    /// N (and its older siblings) hang under the builder's proxy of P
+    /// (`__private::install_proxy`, docs/SCALING.md), with a child and a
+    /// grandchild under N owned by A; B also holds P itself and drops it
+    /// after its landing: the kill (P's last observer emptying its slots)
+    /// races A's drops and the walk.
+    Proxied,
 }
 
 /// Where the cancellation lands (who walks into the subtree).
@@ -147,7 +153,7 @@ pub enum Action {
 }
 
 impl Shape {
-    pub const ALL: [Shape; 8] = [
+    pub const ALL: [Shape; 9] = [
         Shape::Leaf,
         Shape::Waiter,
         Shape::AfterFunc,
@@ -156,6 +162,7 @@ impl Shape {
         Shape::Value,
         Shape::Merged,
         Shape::Deadline,
+        Shape::Proxied,
     ];
 
     fn name(self) -> &'static str {
@@ -168,6 +175,7 @@ impl Shape {
             Shape::Value => "value",
             Shape::Merged => "merged",
             Shape::Deadline => "deadline",
+            Shape::Proxied => "proxied",
         }
     }
 }
@@ -520,6 +528,8 @@ pub struct PartB {
     /// shape's child.
     siblings: Vec<Context>,
     parent_siblings: usize,
+    /// P itself (the proxied shape), dropped after the landing.
+    parent: Option<Context>,
     /// B's cancel covers P's subtree, N's siblings included.
     cancels_parent: bool,
 }
@@ -542,6 +552,9 @@ fn build(
     let (g, gh) = Context::background().with_cancel();
     let (p, ph) = g.with_cancel();
     drop(g);
+    // Proxies need two CPUs (outside loom); on one, the shape is the
+    // children shape.
+    let proxied = cell.shape == Shape::Proxied && __private::install_proxy(&p);
     // Older siblings of N (owned by B; usually 0 to 3, one case in four up
     // to 31): the walk of P visits N first and then them, so the time
     // between the walk reaching N and entering N's list varies from case
@@ -562,6 +575,19 @@ fn build(
         Shape::Deadline => p.with_deadline_cause(deadline, cause(Tag::Deadline, round, tally)),
         _ => p.with_cancel(),
     };
+    if proxied {
+        assert!(
+            __private::is_proxied(&n),
+            "{cell}: N is not under the proxy"
+        );
+        let text = format!("{n:?}");
+        assert_eq!(
+            text.matches(".WithCancel").count(),
+            3,
+            "{cell}: the proxy shows in {text}"
+        );
+    }
+    let parent = (cell.shape == Shape::Proxied).then(|| p.clone());
     drop(p);
     let target = match cell.shape {
         Shape::Value => n.with_value(Payload {
@@ -583,7 +609,7 @@ fn build(
     };
     if matches!(
         cell.shape,
-        Shape::Children | Shape::MarkedGrandchild | Shape::Value | Shape::Deadline
+        Shape::Children | Shape::MarkedGrandchild | Shape::Value | Shape::Deadline | Shape::Proxied
     ) {
         // The same one level down, for the child the shape adds.
         siblings.extend((0..rng.below(4)).map(|_| a.target.with_cancel().0));
@@ -602,7 +628,7 @@ fn build(
                 drop(count);
             }));
         }
-        Shape::Children | Shape::Deadline => {
+        Shape::Children | Shape::Deadline | Shape::Proxied => {
             let (c, _) = a.target.with_cancel();
             let (gc, _) = c.with_cancel();
             a.below = vec![c, gc];
@@ -627,6 +653,7 @@ fn build(
         fire: None,
         siblings,
         parent_siblings,
+        parent,
         cancels_parent: matches!(cell.landing, Landing::Parent | Landing::Grandparent),
     };
     match cell.landing {
@@ -1059,6 +1086,9 @@ fn side_b(cell: Cell, b: PartB, tally: &Arc<Tally>) {
             );
         }
     }
+    // The proxied shape: usually P's last observer, so this drop is the
+    // kill, racing A.
+    drop(b.parent);
 }
 
 /// Per-case and per-tally checks after a batch; `Err` says what is off.

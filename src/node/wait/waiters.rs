@@ -17,15 +17,18 @@ use std::panic::resume_unwind;
 use std::ptr;
 
 use super::wake_list::WakeScope;
+use crate::node::proxy::Slots;
 use crate::node::{release_claims, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::sync::{fence, Event, EventListener, Ordering};
 
-/// The list entry that carries a node's waiter event. Claims: one for the
-/// owner, one for the list.
+/// The list entry that carries a node's waiter event, and its proxy slots
+/// (`node::proxy`). Claims: one for the owner, one for the list.
 #[repr(C)]
 pub(crate) struct WaitersNode {
     pub(crate) header: Header,
     event: Event,
+    /// The owner's proxies, one slot per shard (allocated on first use).
+    pub(crate) proxies: Slots,
 }
 
 impl WaitersNode {
@@ -50,22 +53,24 @@ impl WaitersNode {
     }
 }
 
-/// The scope's event, created and published on first use.
-fn event_of(scope: &CancelNode) -> &Event {
+/// The scope's waiter entry, created and published on first use (by a
+/// waiter, or by a contended derive for the proxy slots).
+pub(crate) fn entry_of(scope: &CancelNode) -> &WaitersNode {
     // Acquire: pairs with the AcqRel publication below.
     let current = scope.waiters.load(Ordering::Acquire);
     if !current.is_null() {
         // SAFETY: published entries live as long as their owner.
-        return unsafe { &(*current).event };
+        return unsafe { &*current };
     }
-    event_slow(scope)
+    entry_slow(scope)
 }
 
 #[cold]
-fn event_slow(scope: &CancelNode) -> &Event {
+fn entry_slow(scope: &CancelNode) -> &WaitersNode {
     let fresh = crate::node::alloc(WaitersNode {
         header: Header::new(Kind::Waiters, 0, 2, FLAG_LINKED),
         event: Event::new(),
+        proxies: Slots::new(),
     });
     // AcqRel: Release publishes the entry; Acquire reads a winner's.
     match scope.waiters.compare_exchange(
@@ -78,7 +83,7 @@ fn event_slow(scope: &CancelNode) -> &Event {
             // SAFETY: ours, never published.
             unsafe { crate::node::free_unreachable(fresh.cast()) };
             // SAFETY: published entries live as long as their owner.
-            unsafe { &(*winner).event }
+            unsafe { &*winner }
         }
         Ok(_) => {
             let entry = fresh.cast::<Header>();
@@ -102,14 +107,14 @@ fn event_slow(scope: &CancelNode) -> &Event {
                 w.notify_all();
             }
             // SAFETY: published entries live as long as their owner.
-            unsafe { &(*fresh.as_ptr()).event }
+            unsafe { &*fresh.as_ptr() }
         }
     }
 }
 
 /// Registers a listener on `scope` for a waiter that has just seen it live.
 pub(crate) fn listen(scope: &CancelNode) -> EventListener {
-    let listener = event_of(scope).listen();
+    let listener = entry_of(scope).event.listen();
     // SeqCst: the waiter's half of invariant 12 (the notifier's half is the
     // fence at the start of `Event::notify`).
     fence(Ordering::SeqCst);
