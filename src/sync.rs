@@ -55,19 +55,34 @@ pub(crate) fn sc_handshake() {
 }
 
 /// The calling thread's shard among `count` (the timer's wheels, a
-/// contended parent's proxies): picked round robin the first time, then
-/// kept, so a thread keeps to one shard. Only spreads threads: any value
-/// below `count` is correct, so it is not modelled (std atomics and
-/// thread-locals under loom too).
+/// contended parent's proxies). On Linux the CPU the thread runs on
+/// (`sched_getcpu`, a read of the thread's rseq area on glibc ≥ 2.35), so
+/// two threads that run at the same moment take different shards, whatever
+/// threads came and went before (round robin per thread, the fallback, let
+/// two short-lived threads share one shard half the time). Only spreads
+/// work: any value below `count` is correct, so it is not modelled.
 pub(crate) fn thread_shard(count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
+    {
+        // SAFETY: no preconditions; returns -1 if the CPU is unknown.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if let Ok(cpu) = usize::try_from(cpu) {
+            return cpu % count;
+        }
+    }
+    round_robin_shard(count)
+}
+
+/// A shard picked round robin on the thread's first call, then kept.
+fn round_robin_shard(count: usize) -> usize {
     use std::cell::Cell;
     /// Round-robin source of threads' shards.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    if count <= 1 {
-        return 0;
     }
     SHARD
         .try_with(|s| {

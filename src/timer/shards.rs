@@ -1,7 +1,7 @@
 //! The timer's wheels, one per shard, each behind its own lock: a thread
-//! arms in the shard it was given on first use (round robin), so two cores
-//! arming and disarming deadlines normally take different locks on
-//! different cache lines.
+//! arms in the shard of the CPU it runs on (`sync::thread_shard`), so two
+//! cores arming and disarming deadlines take different locks on different
+//! cache lines.
 //!
 //! An armed entry's id carries its shard in the top byte (the wheel leaves
 //! it zero, `wheel::GENERATION_BITS`), so a disarm or a move goes to the
