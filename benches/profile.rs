@@ -7,8 +7,8 @@
 //! CTXTREE_PROFILE=W2 valgrind --tool=callgrind target/bench/release/deps/profile-*[!.d]
 //! ```
 //!
-//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10, S_shared, S_private
-//! (ctxtree only), L7 (W7's
+//! Workloads: W1, W2, W3, W5, W6, W7, W8, W10, S_shared, S_private,
+//! S_shared_main (ctxtree only), L7 (W7's
 //! floor: a flag + `thread::park`/`unpark`) and L8 (W8's floor: the bare
 //! flag + `Mutex<Vec<Waker>>` of `bulk.rs`); `N` sets the iteration count
 //! (default 100,000; W7 and L7 run `N / 100` rounds of one blocked thread,
@@ -118,6 +118,26 @@ fn main() {
                 }
             });
         }
+        // `S_shared` the way `scaling.rs` and `tree.rs` run it: the main
+        // thread and one helper on one parent (prints the CPUs each ran
+        // on). Shows the 2x mode of docs/SCALING.md in some runs.
+        "S_shared_main" => {
+            let helper_parent = parent.clone();
+            std::thread::scope(|s| {
+                let helper = s.spawn(move || {
+                    let at = cpu();
+                    s_cancel_drop(&helper_parent, n);
+                    (at, cpu())
+                });
+                let at = cpu();
+                s_cancel_drop(&parent, n);
+                let main = (at, cpu());
+                eprintln!(
+                    "CPUs (start, end): main {main:?}, helper {:?}",
+                    helper.join().unwrap()
+                );
+            });
+        }
         "W10" => {
             for _ in 0..n {
                 let (ctx, h) = black_box(&parent).with_timeout(Duration::from_secs(30));
@@ -158,6 +178,15 @@ fn main() {
         }
         other => panic!("unknown workload {other}"),
     }
+}
+
+/// The CPU the calling thread runs on (-1 where unknown).
+fn cpu() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: no preconditions.
+    return unsafe { libc::sched_getcpu() };
+    #[cfg(not(target_os = "linux"))]
+    return -1;
 }
 
 /// The loop of the `S_*` workloads (a function of its own for `perf
