@@ -151,3 +151,27 @@ fn two_threads_on_one_parent_get_proxies_and_free_everything() {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     });
 }
+
+#[test]
+fn a_child_derived_in_an_after_func_of_a_proxied_parent_is_done_at_once() {
+    if !proxies_on() {
+        return;
+    }
+    with_watchdog(30, || {
+        let (p, ph) = Context::background().with_cancel();
+        assert!(__private::install_proxy(&p));
+        // Children under the proxy, so the walk has a subtree to reach
+        // after the callback (which is in P's own list).
+        let kids: Vec<_> = (0..4).map(|_| p.with_cancel()).collect();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (p2, seen2) = (p.clone(), seen.clone());
+        let _after = p.after_func(move || {
+            let (c, _h) = p2.with_cancel();
+            assert_eq!(c.err(), Err(Error::Canceled));
+            seen2.fetch_add(1, Ordering::SeqCst);
+        });
+        ph.cancel();
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert!(kids.iter().all(|(k, _)| k.is_done()));
+    });
+}

@@ -119,3 +119,30 @@ fn a_firing_deadline_racing_the_kill_and_the_last_drop() {
         assert_eq!(__private::loom_armed_timers(), 0);
     });
 }
+
+/// A derive that sees the parent done (its state word, not yet its proxy,
+/// which the walk reaches later) makes a child that is done at once, as a
+/// derive from a done context must be: this is what an `after_func` of
+/// the parent does, from inside the walk (the fuzzer's `ops_threads`
+/// found a proxied child live there).
+#[test]
+fn a_derive_after_the_parent_is_done_is_done_at_once() {
+    model(|| {
+        let (p, ph) = Context::background().with_cancel();
+        assert!(__private::install_proxy(&p));
+        let p2 = p.clone();
+        let t = thread::spawn(move || {
+            if p2.is_done() {
+                let (c, _h) = p2.with_cancel();
+                assert_eq!(
+                    c.err(),
+                    Err(Error::Canceled),
+                    "a live child of a done parent"
+                );
+            }
+        });
+        ph.cancel();
+        t.join().unwrap();
+        drop((p, ph));
+    });
+}

@@ -137,6 +137,13 @@ pub(crate) fn for_derive(parent: &RawContext) -> Option<NodeRef> {
     let scope = parent.scope_ref()?;
     // Acquire: pairs with the publication of the waiter entry.
     let entry = NonNull::new(scope.waiters.load(Ordering::Acquire))?;
+    if scope.state.load().is_done() {
+        // A child of a done node is done on creation (Go: a context
+        // derived from a done one is done at once), from the node's own
+        // word: its proxies may not have been reached by the walk yet,
+        // e.g. when an `after_func` of the node derives (invariant 13d).
+        return None;
+    }
     // SAFETY: published entries live as long as their owner, which
     // `parent` holds.
     unsafe { shard_proxy(parent, entry.as_ref()) }
