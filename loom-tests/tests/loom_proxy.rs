@@ -59,8 +59,10 @@ fn cancel_racing_a_derive_through_the_proxy() {
         assert!(__private::install_proxy(&p));
         let p2 = p.clone();
         let t = thread::spawn(move || {
+            // Under the proxy unless the derive already sees the parent
+            // done (then directly under it, born done).
             let (c, h) = p2.with_cancel();
-            assert!(__private::is_proxied(&c));
+            assert!(__private::is_proxied(&c) || p2.is_done());
             (c, h)
         });
         ph.cancel_with_cause("stop");
