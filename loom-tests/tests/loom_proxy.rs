@@ -2,7 +2,8 @@
 //! docs/SCALING.md, invariants 13 and 13k): the kill racing the last
 //! proxied child, a cancel racing a derive through a proxy, two installs
 //! racing for one slot, and a deadline firing (the timer's `try_acquire`
-//! bringing an observer back from zero) racing the kill and the last drop.
+//! taking a hold once the observers are gone) racing the kill and the last
+//! drop.
 //!
 //! Under loom every thread has the same shard (`proxy::shards` is 1), so
 //! `__private::install_proxy` and the derives of every thread meet on one
@@ -98,9 +99,11 @@ fn installs_racing_for_one_slot_and_a_cancel() {
 }
 
 /// The parent's deadline fires while its last handle goes (the kill) and
-/// the proxied child is dropped: the timer's `try_acquire` may bring an
-/// observer back after the kill, and its release kills again (finding the
-/// slot empty). The parent is freed once, on whichever thread is last.
+/// the proxied child is dropped: the timer's `try_acquire` takes an
+/// observer reference before the last handle goes (then its release is
+/// the kill) or a hold after (observers never come back from zero, so
+/// there is one kill). The parent is freed once, on whichever thread is
+/// last.
 #[test]
 fn a_firing_deadline_racing_the_kill_and_the_last_drop() {
     __private::loom_timer(true);

@@ -53,4 +53,4 @@ pub(crate) use self::header::{
     as_cancel, scope_of, CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode,
     FLAG_LINKED, FLAG_PROXY, FLAG_TODO,
 };
-pub(crate) use self::refs::NodeRef;
+pub(crate) use self::refs::{NodeRef, TransientRef};

@@ -16,11 +16,13 @@
 //! reference on the proxy); each proxy keeps `P` through a *hold* (a
 //! [`HOLD`] in the high bits of `P`'s `refs`, not an observer reference).
 //! When `P`'s last observer goes while holds remain, nobody can derive from
-//! `P` any more (a derive runs on an observer of `P`): that release first
-//! empties the slots (the *kill*, [`kill`]) and releases their references,
-//! while its own reference still keeps `P` alive. Each proxy then dies when
-//! its last child does, and releases its hold; the release that empties the
-//! word makes `P` die, as any node does.
+//! `P` any more (a derive runs on an observer of `P`), and observers never
+//! come back (the timer and merge detaches take a hold then): that release
+//! then empties the slots (the *kill*, [`kill`]) and releases their
+//! references. The proxies in the slots keep `P` alive until then: every
+//! hold left is one of them. Each proxy then dies when its last child
+//! does, and releases its hold; the release that empties the word makes
+//! `P` die, as any node does.
 //!
 //! **Slots** live behind `P`'s waiter entry (`WaitersNode::proxies`), which
 //! lives as long as `P`'s memory: one slot per shard (`thread_shard`),
@@ -242,15 +244,18 @@ pub(crate) fn is_proxied(ctx: &RawContext) -> bool {
     })
 }
 
-/// The kill (invariant 13k): `h`'s last observer is going while proxies
+/// The kill (invariant 13k): `h`'s last observer is gone while proxies
 /// still hold it. Empties every slot and releases the slot's reference to
 /// its proxy; a proxy with no child left dies at once (and releases its
 /// hold).
 ///
 /// # Safety
-/// The caller holds the last observer reference to `h` and keeps it until
-/// this returns: that reference keeps `h` alive while the proxies release
-/// their holds.
+/// The caller's release just took `h`'s observers from 1 to 0 while holds
+/// remained. Every such hold is a proxy in one of `h`'s slots (a proxy
+/// whose install failed released its hold before its installer's observer
+/// reference went, and holds taken by `try_acquire` come later), and only
+/// this kill releases the slots' references: so `h` stays alive until the
+/// kill releases the first of them.
 pub(crate) unsafe fn kill(h: NonNull<Header>) {
     // SAFETY: alive, by the contract.
     unsafe { h.as_ref() }.assert_not_freed();
@@ -267,9 +272,8 @@ pub(crate) unsafe fn kill(h: NonNull<Header>) {
     let Some(slots) = unsafe { entry.as_ref() }.proxies.get() else {
         return;
     };
-    // Taken first, released after: no slot is read once a release could
-    // let `h` go (it cannot while we hold our reference, but the order
-    // keeps the argument local).
+    // Taken first, released after: the first release may let `h` go (its
+    // proxy dying and dropping the last hold), so no slot is read after it.
     let mut taken: Vec<NodeRef> = Vec::new();
     for slot in slots {
         // AcqRel: exactly one kill takes each proxy (a swap, invariant

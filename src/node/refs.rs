@@ -8,8 +8,9 @@
 //! [`HOLD`] each, `node::proxy`, invariant 13). When the whole word reaches
 //! zero the node *dies*: user data (values, causes) is dropped at once, the
 //! node leaves its parent's list and gives up its "alive" claim (`claims`).
-//! When only the observers are about to reach zero, the last observer
-//! first empties the node's proxy slots (the kill, invariant 13k).
+//! When only the observers reach zero, the last observer's release then
+//! empties the node's proxy slots (the kill, invariant 13k); observers
+//! never come back from zero.
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
@@ -95,12 +96,14 @@ impl NodeRef {
     }
 
     /// Adds a reference unless the node is already dead (refs == 0): how
-    /// the timer reaches a node it does not own.
+    /// the timer and a walk detaching a merge reach a node they do not
+    /// own. An observer reference while the node has observers, else a
+    /// hold: observers never come back from zero (invariant 13k).
     ///
     /// # Safety
     /// `h`'s memory is valid (the caller holds a claim, a pin or the lock
     /// that keeps it from being freed).
-    pub(crate) unsafe fn try_acquire(h: NonNull<Header>) -> Option<NodeRef> {
+    pub(crate) unsafe fn try_acquire(h: NonNull<Header>) -> Option<TransientRef> {
         // SAFETY: valid by the caller's contract.
         let refs = &unsafe { h.as_ref() }.refs;
         let mut n = refs.load(Ordering::Relaxed);
@@ -108,13 +111,54 @@ impl NodeRef {
             if n == 0 {
                 return None;
             }
+            let hold = n & OBSERVERS == 0;
+            if hold && n >> 24 == u32::MAX >> 24 {
+                // 255 holds: 64 proxies at most, so about 190 threads
+                // detaching one merge at once. Not a state to recover from.
+                std::process::abort();
+            }
+            let add = if hold { HOLD } else { 1 };
             // Acquire on success: pairs with the Release of the decrements
             // so we see the node as its last users left it. Never from 0:
             // a dead node stays dead (invariant 8).
-            match refs.compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Some(NodeRef(h)),
+            match refs.compare_exchange_weak(n, n + add, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Some(TransientRef { h, hold }),
                 Err(actual) => n = actual,
             }
+        }
+    }
+}
+
+/// A reference [`NodeRef::try_acquire`] took: an observer reference, or a
+/// hold on a node whose observers are gone (invariant 13k). Released when
+/// dropped.
+pub(crate) struct TransientRef {
+    h: NonNull<Header>,
+    hold: bool,
+}
+
+impl From<NodeRef> for TransientRef {
+    fn from(r: NodeRef) -> TransientRef {
+        TransientRef {
+            h: r.into_raw(),
+            hold: false,
+        }
+    }
+}
+
+impl Drop for TransientRef {
+    fn drop(&mut self) {
+        // SAFETY: we own this reference or hold.
+        let zero = unsafe {
+            if self.hold {
+                release_hold(self.h)
+            } else {
+                release(self.h)
+            }
+        };
+        if zero {
+            // SAFETY: we took the count to zero.
+            unsafe { die_chain(self.h) };
         }
     }
 }
@@ -143,50 +187,38 @@ impl Drop for NodeRef {
 /// Releases one observer reference; true if the whole word reached zero
 /// (the caller runs the death).
 ///
-/// A compare-exchange loop rather than a `fetch_sub`: the release that
-/// would leave no observer while proxies still hold the node must empty the
-/// node's slots *before* giving up its reference, which is what keeps the
-/// node alive while the proxies it releases die and drop their holds
-/// (invariant 13k). After a `fetch_sub` it would be too late: the node
-/// could already be freed.
+/// The release that leaves no observer while proxies still hold the node
+/// then empties the node's slots (the kill, invariant 13k). It no longer
+/// holds a reference, but every hold left is a proxy in a slot, which
+/// nobody but this kill releases: those keep the node alive until the
+/// kill has emptied every slot.
 ///
 /// # Safety
 /// The caller owns one observer reference to `h`.
 #[inline]
 unsafe fn release(h: NonNull<Header>) -> bool {
+    // Release: our uses of the node happen before its death. The thread
+    // that sees zero acquires in `die_chain`.
     // SAFETY: we own a reference, so the node is alive.
-    let refs = &unsafe { h.as_ref() }.refs;
-    // Relaxed: only the starting guess of the loop.
-    let mut cur = refs.load(Ordering::Relaxed);
-    loop {
-        if cur & OBSERVERS == 1 && cur != 1 {
-            // SAFETY: forwarded.
-            return unsafe { release_last_observer(h) };
-        }
-        // Release: our uses of the node happen before its death. The
-        // thread that sees zero acquires in `die_chain`.
-        match refs.compare_exchange_weak(cur, cur - 1, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return cur == 1,
-            Err(actual) => cur = actual,
-        }
+    let prev = unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release);
+    if prev & OBSERVERS == 1 && prev != 1 {
+        // SAFETY: we took the observers to zero with holds left.
+        unsafe { release_last_observer(h) };
     }
+    prev == 1
 }
 
-/// The kill, then the release (invariant 13k). Another observer may appear
-/// meanwhile (the timer firing the node, a merge's detach): the word then
-/// stays above zero, and that observer's own release kills again, which
-/// finds the slots empty.
+/// The kill, after the release of the last observer (invariant 13k).
 ///
 /// # Safety
-/// As for [`release`].
+/// The caller's release took `h`'s observers from 1 to 0 while holds
+/// remained.
 #[cold]
 #[inline(never)]
-unsafe fn release_last_observer(h: NonNull<Header>) -> bool {
-    // SAFETY: our reference keeps `h` alive through the kill.
+unsafe fn release_last_observer(h: NonNull<Header>) {
+    // SAFETY: the holds of the proxies in `h`'s slots keep it alive until
+    // the kill releases them (the caller's contract, invariant 13k).
     unsafe { proxy::kill(h) };
-    // Release: as in `release`.
-    // SAFETY: as above.
-    unsafe { h.as_ref() }.refs.fetch_sub(1, Ordering::Release) == 1
 }
 
 /// Releases a dead proxy's hold on its parent `h`; true if the whole word

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use super::deadline_word::{self, Claimed, Moved};
 use super::raw::RawContext;
-use super::{cancel, DeadlineNode, NodeRef};
+use super::{cancel, DeadlineNode, TransientRef};
 use crate::error::Error;
 use crate::sync::Ordering;
 #[cfg(not(loom))]
@@ -50,9 +50,9 @@ unsafe impl Send for Armed {}
 /// An expired deadline node, acquired by the timer thread, on its way to a
 /// firing thread.
 #[cfg(not(loom))]
-pub(crate) struct Expired(NonNull<DeadlineNode>, NodeRef);
+pub(crate) struct Expired(NonNull<DeadlineNode>, TransientRef);
 
-// SAFETY: the pointer is only dereferenced while the `NodeRef` next to it
+// SAFETY: the pointer is only dereferenced while the reference next to it
 // keeps the node alive, and nodes are designed to be shared across threads.
 #[cfg(not(loom))]
 unsafe impl Send for Expired {}
@@ -101,7 +101,7 @@ impl crate::timer::firing::Job for Expired {
 enum Step {
     /// The deadline passed and the claim won: fire (the reference keeps
     /// the node).
-    Fire(NodeRef),
+    Fire(TransientRef),
     /// The deadline moved later: insert the entry again at this instant;
     /// `timer` still holds the popped (now stale) id, so a dying node
     /// still takes the lock, and the caller records the new id.
@@ -130,7 +130,7 @@ unsafe fn claim_step(node: NonNull<DeadlineNode>, now: Instant) -> Step {
         Claimed::Later(at) => return Step::Rearm(at.unwrap_or_else(deadline_word::far)),
         // SAFETY: valid, as above. A dead node is skipped (its deadline
         // is claimed all the same: nobody can move it any more).
-        Claimed::Fire => unsafe { NodeRef::try_acquire(node.cast()) },
+        Claimed::Fire => unsafe { super::NodeRef::try_acquire(node.cast()) },
         Claimed::Already => None,
     };
     // Release, and last: a dying thread whose Acquire hint read sees NONE
@@ -268,7 +268,7 @@ fn armed_at(node: &DeadlineNode) -> Instant {
 ///
 /// # Safety
 /// `node` is held by `held` (acquired by the timer).
-pub(crate) unsafe fn fire(node: NonNull<DeadlineNode>, held: NodeRef) {
+pub(crate) unsafe fn fire(node: NonNull<DeadlineNode>, held: TransientRef) {
     // SAFETY: held.
     let d = unsafe { node.as_ref() };
     // SAFETY: the cause is only taken when the node dies, and we hold it.
@@ -287,7 +287,7 @@ pub(crate) fn fire_context(ctx: &RawContext) -> bool {
     if node.header().kind != super::Kind::Deadline {
         return false;
     }
-    let held = node.clone();
+    let held = TransientRef::from(node.clone());
     // SAFETY: `held` keeps the node alive; the kind was checked.
     unsafe { fire(node.ptr().cast(), held) };
     true
