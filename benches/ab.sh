@@ -10,7 +10,7 @@
 # binaries against the fixed library). Then, ROUNDS times (default 5), runs
 # every workload of every revision, one process each, the revisions taking
 # turns in a rotating order. Prints per-revision medians over the rounds.
-# Workloads: W2 W3 W5 W7 W7_async W8 (default: all). Work dir: $AB_DIR
+# Workloads: W2 W3 W5 W6 W7 W7_async W8 W10 (default: all). Work dir: $AB_DIR
 # (default /tmp/ctxtree-ab); nothing in the checkout is touched.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +22,7 @@ revs=()
 while [[ $# -gt 0 && $1 != -- ]]; do revs+=("$1"); shift; done
 [[ ${1:-} == -- ]] && shift
 workloads=("$@")
-[[ ${#workloads[@]} -eq 0 ]] && workloads=(W2 W3 W5 W7 W7_async W8)
+[[ ${#workloads[@]} -eq 0 ]] && workloads=(W2 W3 W5 W6 W7 W7_async W8 W10)
 [[ ${#revs[@]} -ge 1 ]] || { echo "usage: $0 [-r ROUNDS] REV... [-- WORKLOAD...]" >&2; exit 2; }
 mkdir -p "$dir"
 bins=()
