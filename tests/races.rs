@@ -159,11 +159,11 @@ fn the_matrix_has_the_documented_size() {
     let all = cells::product();
     assert_eq!(all.len(), 9 * 6 * 20);
     let possible: Vec<_> = all.iter().filter(|c| c.impossible().is_none()).collect();
-    // 30 shape × landing pairs; 11 actions (+ stop-after-func for the
+    // 32 shape × landing pairs; 11 actions (+ stop-after-func for the
     // after-func shape's 3 landings, + the two deadline moves for the
     // deadline shape's 5 landings) + 6 re-entrant ones each.
-    assert_eq!(possible.len(), 30 * 17 + 3 + 5 * 2);
-    assert_eq!(possible.iter().filter(|c| c.reentrant()).count(), 30 * 6);
+    assert_eq!(possible.len(), 32 * 17 + 3 + 5 * 2);
+    assert_eq!(possible.iter().filter(|c| c.reentrant()).count(), 32 * 6);
 }
 
 /// Proof that AddressSanitizer is on (`.ci/asan.sh` runs it alone and

@@ -289,8 +289,10 @@ impl Cell {
             (s, Landing::MergePartner, _) if s != Shape::Merged => {
                 Some("only a merge node has a merge partner")
             }
-            (s, Landing::FireHook | Landing::Timer, _) if s != Shape::Deadline => {
-                Some("only a deadline node has a timer to fire")
+            (s, Landing::FireHook | Landing::Timer, _)
+                if s != Shape::Deadline && s != Shape::Proxied =>
+            {
+                Some("only a deadline node (N, or P in the proxied shape) has a timer to fire")
             }
             (s, _, Action::StopAfterFunc) if s != Shape::AfterFunc => {
                 Some("only the after-func shape has an AfterFunc to stop")
@@ -550,7 +552,17 @@ fn build(
 ) -> (PartA, PartB, Arc<Slot>) {
     let slot = Arc::new(Slot::default());
     let (g, gh) = Context::background().with_cancel();
-    let (p, ph) = g.with_cancel();
+    // In the proxied shape the timer landings fire P's deadline: the timer
+    // reaches P through `try_acquire` while B's drop of P (the kill) and
+    // A's drops race it, so it may find P's observers gone and take a hold
+    // (invariant 13k).
+    let p_fires =
+        cell.shape == Shape::Proxied && matches!(cell.landing, Landing::FireHook | Landing::Timer);
+    let (p, ph) = if p_fires {
+        g.with_deadline_cause(deadline, cause(Tag::Deadline, round, tally))
+    } else {
+        g.with_cancel()
+    };
     drop(g);
     // Proxies need two CPUs (outside loom); on one, the shape is the
     // children shape.
@@ -582,12 +594,14 @@ fn build(
         );
         let text = format!("{n:?}");
         assert_eq!(
-            text.matches(".WithCancel").count(),
+            text.matches(".With").count(),
             3,
             "{cell}: the proxy shows in {text}"
         );
     }
     let parent = (cell.shape == Shape::Proxied).then(|| p.clone());
+    let fire =
+        (cell.landing == Landing::FireHook).then(|| if p_fires { p.clone() } else { n.clone() });
     drop(p);
     let target = match cell.shape {
         Shape::Value => n.with_value(Payload {
@@ -661,7 +675,7 @@ fn build(
         Landing::Parent => b.cancel = Some(ph.clone()),
         Landing::Grandparent => b.cancel = Some(gh.clone()),
         Landing::MergePartner => b.cancel = partner.take(),
-        Landing::FireHook => b.fire = Some(n.clone()),
+        Landing::FireHook => b.fire = fire,
         Landing::Timer => {}
     }
     if cell.action == Action::CancelOther {
