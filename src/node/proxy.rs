@@ -14,7 +14,7 @@
 //!
 //! **Lifetime.** `P` keeps each proxy through its slot (one observer
 //! reference on the proxy); each proxy keeps `P` through a *hold* (a
-//! [`HOLD`] in the high bits of `P`'s `refs`, not an observer reference).
+//! [`HOLD`](super::refs::HOLD) in the high bits of `P`'s `refs`, not an observer reference).
 //! When `P`'s last observer goes while holds remain, nobody can derive from
 //! `P` any more (a derive runs on an observer of `P`), and observers never
 //! come back (the timer and merge detaches take a hold then): that release
@@ -26,7 +26,7 @@
 //!
 //! **Slots** live behind `P`'s waiter entry (`WaitersNode::proxies`), which
 //! lives as long as `P`'s memory: one slot per shard (`thread_shard`),
-//! each empty, [`BUSY`] while its one installer builds the proxy (or for
+//! each empty, `BUSY` ([`busy`]) while its one installer builds the proxy (or for
 //! good, if `P` turned out done), or a proxy.
 
 use std::ptr::{self, NonNull};

@@ -11,7 +11,7 @@
 //! dying node disarms under the same lock before its memory can be freed,
 //! so the timer never touches a freed node (invariant 10). Under loom there is no timer
 //! thread: models call [`fire`] from a loom thread, or turn on
-//! [`loom_timer`], a stand-in with the same lock protocol whose expiry
+//! `loom_timer`, a stand-in with the same lock protocol whose expiry
 //! (`__private::expire_deadlines`) runs the timer's claim step.
 //!
 //! A deadline can move (`set_deadline`, invariant 10m): later with one CAS
