@@ -92,9 +92,9 @@ impl Header {
 pub(crate) struct CancelNode {
     pub(crate) header: Header,
     pub(crate) state: StateWord,
-    pub(crate) children: ChildList,
     /// The lazily created waiter entry (also linked in `children`).
     pub(crate) waiters: AtomicPtr<wait::WaitersNode>,
+    pub(crate) children: ChildList,
 }
 
 /// `with_deadline`: a cancel node with a timer.

@@ -29,6 +29,7 @@
 //! each empty, `BUSY` ([`busy`]) while its one installer builds the proxy (or for
 //! good, if `P` turned out done), or a proxy.
 
+use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
 use super::header::as_cancel;
@@ -98,20 +99,55 @@ impl Slots {
         if let Some(slots) = self.get() {
             return slots;
         }
-        let fresh: Box<[AtomicPtr<CancelNode>]> = (0..shards())
-            .map(|_| AtomicPtr::new(ptr::null_mut()))
-            .collect();
-        let fresh = Box::into_raw(fresh).cast::<AtomicPtr<CancelNode>>();
+        let fresh = alloc_slots();
         // AcqRel: Release publishes the array; Acquire reads a winner's.
         if let Err(_winner) =
             self.0
                 .compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
         {
-            // SAFETY: ours, never published; made with `shards()` slots.
-            drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(fresh, shards())) });
+            // SAFETY: ours, never published.
+            unsafe { free_slots(fresh) };
         }
         self.get().unwrap_or_default()
     }
+}
+
+/// The layout of a slot array: `shards()` words on cache lines of their
+/// own. Every derive through a proxy reads the array, so a block another
+/// thread writes must not share its line (docs/SCALING.md, false sharing).
+fn slots_layout() -> Layout {
+    Layout::array::<AtomicPtr<CancelNode>>(shards())
+        .and_then(|l| l.align_to(64))
+        .map(|l| l.pad_to_align())
+        .expect("a few words")
+}
+
+/// A fresh slot array, every slot empty.
+fn alloc_slots() -> *mut AtomicPtr<CancelNode> {
+    let layout = slots_layout();
+    // SAFETY: the layout has a non-zero size (`shards() >= 1` once a
+    // parent has slots).
+    let p = unsafe { alloc::alloc(layout) }.cast::<AtomicPtr<CancelNode>>();
+    if p.is_null() {
+        alloc::handle_alloc_error(layout);
+    }
+    for i in 0..shards() {
+        // SAFETY: within the allocation, suitably aligned, not yet
+        // initialised.
+        unsafe { p.add(i).write(AtomicPtr::new(ptr::null_mut())) };
+    }
+    p
+}
+
+/// Frees a slot array made by [`alloc_slots`].
+///
+/// # Safety
+/// `p` came from [`alloc_slots`] and nobody else uses it.
+unsafe fn free_slots(p: *mut AtomicPtr<CancelNode>) {
+    // SAFETY: `shards()` initialised slots, ours alone (the contract).
+    unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut(p, shards())) };
+    // SAFETY: allocated with this layout.
+    unsafe { alloc::dealloc(p.cast(), slots_layout()) };
 }
 
 impl Drop for Slots {
@@ -119,15 +155,16 @@ impl Drop for Slots {
         // Relaxed: the owner is being freed; nobody else reads the word.
         let p = self.0.load(Ordering::Relaxed);
         if !p.is_null() {
-            // SAFETY: made by `get_or_make` with `shards()` slots; we are
-            // the last user (the owner is being freed).
-            let slots = unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shards())) };
             debug_assert!(
-                slots
+                self.get()
+                    .unwrap_or_default()
                     .iter()
                     .all(|s| proxy_in(s.load(Ordering::Relaxed)).is_none()),
                 "a parent freed with a proxy in a slot"
             );
+            // SAFETY: published by `get_or_make` from `alloc_slots`; we are
+            // the last user (the owner is being freed).
+            unsafe { free_slots(p) };
         }
     }
 }

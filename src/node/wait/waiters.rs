@@ -13,23 +13,46 @@
 //! `Event::notify`, which starts with a SeqCst fence. Either the waiter's
 //! re-check sees done, or the notifier sees the listener.
 
+use std::mem::size_of;
 use std::panic::resume_unwind;
 use std::ptr;
 
 use super::wake_list::WakeScope;
+
 use crate::node::proxy::Slots;
 use crate::node::{release_claims, CancelNode, Header, Kind, FLAG_LINKED};
 use crate::sync::{fence, Event, EventListener, Ordering};
 
 /// The list entry that carries a node's waiter event, and its proxy slots
 /// (`node::proxy`). Claims: one for the owner, one for the list.
+///
+/// 128 bytes, with `proxies` at offset 64: every derive through a proxy
+/// reads that word, and in a 16-byte aligned block of 128 bytes, whatever
+/// cache line holds offset 64 lies inside the block. So no block another
+/// thread writes on every operation shares its line (false sharing,
+/// docs/SCALING.md); the rest of that line is this entry's read-mostly
+/// words and padding.
 #[repr(C)]
 pub(crate) struct WaitersNode {
     pub(crate) header: Header,
     event: Event,
+    _before: [u8; PAD_BEFORE],
     /// The owner's proxies, one slot per shard (allocated on first use).
     pub(crate) proxies: Slots,
+    _after: [u8; PAD_AFTER],
 }
+
+/// Padding that puts `proxies` at offset 64 (under loom, whose atomics are
+/// larger, wherever it falls: false sharing is not modelled there).
+const PAD_BEFORE: usize = 64usize.saturating_sub(size_of::<Header>() + size_of::<Event>());
+/// Padding after `proxies` up to 128 bytes.
+const PAD_AFTER: usize = 64usize.saturating_sub(size_of::<Slots>());
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::offset_of!(WaitersNode, proxies) == 64);
+    assert!(size_of::<WaitersNode>() == 128);
+};
 
 impl WaitersNode {
     /// Wakes every listener, once nothing internal is held.
@@ -70,7 +93,9 @@ fn entry_slow(scope: &CancelNode) -> &WaitersNode {
     let fresh = crate::node::alloc(WaitersNode {
         header: Header::new(Kind::Waiters, 0, 2, FLAG_LINKED),
         event: Event::new(),
+        _before: [0; PAD_BEFORE],
         proxies: Slots::new(),
+        _after: [0; PAD_AFTER],
     });
     // AcqRel: Release publishes the entry; Acquire reads a winner's.
     match scope.waiters.compare_exchange(
