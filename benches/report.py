@@ -559,9 +559,11 @@ and any other runnable process turns parallel time into time slices.
 `W1_check_2t` and `W4_contended_2t` are reported with their spread
 (p10–p90) and are to be read as "no worse than", not as exact figures. In
 W4 each thread's derives go under its own proxy of the shared parent
-(docs/SCALING.md) and only read the parent's line; but a node is 16-byte
-aligned, so that line may also hold part of a block the other thread
-writes on every operation (false sharing), which some runs show as up to
+(docs/SCALING.md) and only read the parent's words, which are kept off
+lines that other blocks share, except the parent's node itself: a node is
+16-byte aligned, so in one placement in four its state and waiter
+pointer share a line with the next block, and if the other thread writes
+that block on every operation (false sharing) the row can take up to
 twice the time.
 
 **Sub-nanosecond rows move with code placement.** `is_done()` is one
@@ -619,8 +621,9 @@ MISS_NOTES = {
     "W3_child_drop": "the same RMWs without the state CAS; the mark before the unlink is what makes a "
                      "concurrent sweep safe",
     "W4_contended_2t": "noise of two threads on two shared vCPUs, or false sharing: a node is "
-                       "16-byte aligned, so the shared parent's line may also hold a block the "
-                       "other thread writes on every operation (docs/SCALING.md)",
+                       "16-byte aligned, so in one placement in four the shared parent's state "
+                       "and waiter pointer share a line with a block the other thread writes on "
+                       "every operation (docs/SCALING.md)",
     "W5_fanout_cancel/build": "glibc's `malloc` for 100,000 fresh nodes once the per-thread block "
                               "cache is empty, plus two RMWs per child",
     "W5_fanout_cancel/cancel": "one walk of the children list, one state CAS per child",
