@@ -4,11 +4,14 @@
 //! its last claim is gone (`claims`). 64-byte nodes come from the thread's
 //! block cache (`cache`).
 
+use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use super::claims::{count_claims, release_uncounted_claim};
 use super::{cache, callback, wait};
-use super::{CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode};
+use super::{
+    CancelNode, DeadlineNode, ForwardNode, Header, Kind, MergeNode, ValueNode, FLAG_PROXY,
+};
 use crate::sync::Ordering;
 
 /// Nodes allocated and not yet freed (given back to the allocator or to
@@ -29,9 +32,23 @@ fn count_allocated(delta: isize) {
 }
 
 /// Allocates a node (every node kind goes through here and [`free`]).
-/// 64-byte nodes come from the thread's block cache (`cache`).
+/// 64-byte nodes come from the thread's block cache (`cache`); a proxy
+/// (`FLAG_PROXY` in its header) gets cache lines of its own.
 pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
-    let node = if cache::serves::<T>() {
+    // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
+    let header = unsafe { &*(&node as *const T).cast::<Header>() };
+    let claims = header.claims.load(Ordering::Relaxed);
+    let proxy = header.flags & FLAG_PROXY != 0;
+    let node = if proxy {
+        let layout = own_lines::<T>();
+        // SAFETY: node layouts have a non-zero size.
+        let block = NonNull::new(unsafe { std::alloc::alloc(layout) })
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+            .cast::<T>();
+        // SAFETY: a fresh block with room for `T`, aligned for it, ours.
+        unsafe { block.as_ptr().write(node) };
+        block
+    } else if cache::serves::<T>() {
         let block = cache::alloc().cast::<T>();
         // SAFETY: a fresh block with `T`'s size and alignment, ours alone.
         unsafe { block.as_ptr().write(node) };
@@ -39,13 +56,22 @@ pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
     } else {
         NonNull::from(Box::leak(Box::new(node)))
     };
-    // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
-    let claims = unsafe { node.cast::<Header>().as_ref() }
-        .claims
-        .load(Ordering::Relaxed);
     count_claims(isize::from(claims as i16));
     count_allocated(1);
     node
+}
+
+/// The layout of a proxy: `T` on cache lines no other block shares. Each
+/// shard's derives and drops write their proxy's `refs` and list head on
+/// every operation; proxies of one parent are often made one after the
+/// other, by one thread, and would otherwise share a line (false sharing
+/// between the very cores the proxies keep apart, docs/SCALING.md).
+/// `memalign` is slow, but a parent gets at most one proxy per shard.
+fn own_lines<T>() -> Layout {
+    Layout::new::<T>()
+        .align_to(64)
+        .expect("64 is a power of two")
+        .pad_to_align()
 }
 
 /// Frees a node nobody else can reach, now, whatever claims it still has
@@ -109,7 +135,15 @@ pub(super) unsafe fn free(h: NonNull<Header>) {
 /// As for [`free`]; `T` is the node's type.
 unsafe fn drop_and_dealloc<T>(h: NonNull<Header>) {
     #[cfg(not(loom))]
-    if cache::serves::<T>() {
+    // SAFETY: valid until freed below; `flags` never changes once published.
+    if unsafe { h.as_ref() }.flags & FLAG_PROXY != 0 {
+        // SAFETY: allocated by `alloc::<T>` with `own_lines::<T>()` (its
+        // header had `FLAG_PROXY`), last use.
+        unsafe {
+            std::ptr::drop_in_place(h.cast::<T>().as_ptr());
+            std::alloc::dealloc(h.cast().as_ptr(), own_lines::<T>());
+        }
+    } else if cache::serves::<T>() {
         // SAFETY: allocated by `alloc::<T>` from the block cache (the
         // caller's contract); last use, so drop the node and return the
         // block.
