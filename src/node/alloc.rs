@@ -31,24 +31,11 @@ fn count_allocated(delta: isize) {
     ALLOCATED_NODES.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Allocates a node (every node kind goes through here and [`free`]).
-/// 64-byte nodes come from the thread's block cache (`cache`); a proxy
-/// (`FLAG_PROXY` in its header) gets cache lines of its own.
+/// Allocates a node (every node kind goes through here, or through
+/// [`alloc_proxy`], and [`free`]). 64-byte nodes come from the thread's
+/// block cache (`cache`).
 pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
-    // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
-    let header = unsafe { &*(&node as *const T).cast::<Header>() };
-    let claims = header.claims.load(Ordering::Relaxed);
-    let proxy = header.flags & FLAG_PROXY != 0;
-    let node = if proxy {
-        let layout = own_lines::<T>();
-        // SAFETY: node layouts have a non-zero size.
-        let block = NonNull::new(unsafe { std::alloc::alloc(layout) })
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
-            .cast::<T>();
-        // SAFETY: a fresh block with room for `T`, aligned for it, ours.
-        unsafe { block.as_ptr().write(node) };
-        block
-    } else if cache::serves::<T>() {
+    let node = if cache::serves::<T>() {
         let block = cache::alloc().cast::<T>();
         // SAFETY: a fresh block with `T`'s size and alignment, ours alone.
         unsafe { block.as_ptr().write(node) };
@@ -56,6 +43,32 @@ pub(crate) fn alloc<T>(node: T) -> NonNull<T> {
     } else {
         NonNull::from(Box::leak(Box::new(node)))
     };
+    counted(node)
+}
+
+/// Allocates a proxy (`node::proxy`; `FLAG_PROXY` set in its header) on
+/// cache lines of its own, never from the block cache: [`free`] gives it
+/// back with the same layout.
+pub(crate) fn alloc_proxy(node: CancelNode) -> NonNull<CancelNode> {
+    debug_assert!(node.header.flags & FLAG_PROXY != 0);
+    let layout = own_lines::<CancelNode>();
+    // SAFETY: a node layout has a non-zero size.
+    let block = NonNull::new(unsafe { std::alloc::alloc(layout) })
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        .cast::<CancelNode>();
+    // SAFETY: a fresh block with room for a `CancelNode`, aligned for it,
+    // ours alone.
+    unsafe { block.as_ptr().write(node) };
+    counted(block)
+}
+
+/// Counts a freshly placed node and its claims.
+#[inline]
+fn counted<T>(node: NonNull<T>) -> NonNull<T> {
+    // SAFETY: every node type starts with a `Header` (`#[repr(C)]`).
+    let claims = unsafe { node.cast::<Header>().as_ref() }
+        .claims
+        .load(Ordering::Relaxed);
     count_claims(isize::from(claims as i16));
     count_allocated(1);
     node

@@ -179,7 +179,7 @@ pub(crate) fn proxy(parent: &RawContext) -> Option<NodeRef> {
     header.parent = Some(unsafe { NodeRef::acquire_hold(node_ref.ptr()) });
     // SAFETY: the hold keeps the scope (the node itself) alive.
     let initial = unsafe { inherited(parent.scope) };
-    let node = super::alloc(CancelNode::new(header, initial));
+    let node = super::alloc_proxy(CancelNode::new(header, initial));
     // SAFETY: fresh and unpublished; the hold keeps the scope alive.
     let linked = unsafe { link(node, parent.scope) };
     // SAFETY: created with one reference, ours.

@@ -44,7 +44,7 @@ pub(crate) mod wait;
 
 #[cfg(any(loom, debug_assertions))]
 pub(crate) use self::alloc::ALLOCATED_NODES;
-pub(crate) use self::alloc::{alloc, free_unreachable};
+pub(crate) use self::alloc::{alloc, alloc_proxy, free_unreachable};
 #[cfg(any(loom, debug_assertions))]
 pub(crate) use self::claims::LIVE_CLAIMS;
 pub(crate) use self::claims::{release_claims, release_claims_later, set_claims, Unlinked};
